@@ -1,0 +1,400 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::convert::{cidr, in_range, ip, non_empty, port, required};
+use crate::{
+    ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, Error, ObjectKey, Result, Selector,
+};
+
+const KIND: &str = "Service";
+
+/// A Service as svcplane's components see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub key: ObjectKey,
+    /// Needed for owner references on the objects written for this Service.
+    pub uid: Option<String>,
+    /// Copied onto Endpoints by the endpoints controller.
+    pub labels: BTreeMap<String, String>,
+    pub type_: ServiceType,
+    pub cluster_ips: ClusterIps,
+    pub ip_families: Vec<IpFamily>,
+    pub ip_family_policy: Option<IpFamilyPolicy>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Option<Selector>,
+    /// Only for `ExternalName` Services.
+    pub external_name: Option<String>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    pub session_affinity: SessionAffinity,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub health_check_node_port: Option<u16>,
+    pub publish_not_ready_addresses: bool,
+    /// `spec.trafficDistribution`, e.g. `PreferClose`.
+    pub traffic_distribution: Option<String>,
+    /// `service.kubernetes.io/topology-mode` (or its deprecated predecessor), e.g. `Auto`.
+    pub topology_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+/// What `spec.clusterIPs` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterIps {
+    /// No cluster IP: ExternalName Services, or one not yet allocated.
+    Unset,
+    /// `clusterIP: None`.
+    Headless,
+    /// One address per family, primary first.
+    Ips(Vec<IpAddr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The API spelling: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parses the API spelling; an unset protocol defaults to TCP, as the API does.
+    pub(crate) fn parse(kind: &'static str, field: &'static str, v: Option<&str>) -> Result<Self> {
+        match v.unwrap_or("TCP") {
+            "TCP" | "" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(Error::UnknownValue {
+                kind,
+                field,
+                value: other.to_owned(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name, resolved per pod (see [`crate::Pod::resolve_port`]).
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Empty for the single unnamed port a Service may have.
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+    pub app_protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAffinity {
+    None,
+    ClientIp { timeout_seconds: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+/// Upstream's default ClientIP affinity timeout (three hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+
+impl Service {
+    /// True for `clusterIP: None`.
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ips == ClusterIps::Headless
+    }
+
+    /// The allocated cluster IPs, primary first; empty when headless or unset.
+    pub fn cluster_ips(&self) -> &[IpAddr] {
+        match &self.cluster_ips {
+            ClusterIps::Ips(ips) => ips,
+            _ => &[],
+        }
+    }
+
+    /// Whether the Service asks for topology hints (`topology-mode: Auto` or a traffic distribution).
+    pub fn wants_topology_hints(&self) -> bool {
+        let auto = self
+            .topology_mode
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case("auto"));
+        auto || self.traffic_distribution.is_some()
+    }
+}
+
+impl TryFrom<&core::Service> for Service {
+    type Error = Error;
+
+    fn try_from(svc: &core::Service) -> Result<Self> {
+        let meta = &svc.metadata;
+        let key = ObjectKey::new(
+            required(KIND, "metadata.namespace", &meta.namespace)?,
+            required(KIND, "metadata.name", &meta.name)?,
+        );
+        let spec = svc.spec.as_ref().ok_or(Error::MissingField {
+            kind: KIND,
+            field: "spec",
+        })?;
+        let type_ = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+            "ClusterIP" | "" => ServiceType::ClusterIp,
+            "NodePort" => ServiceType::NodePort,
+            "LoadBalancer" => ServiceType::LoadBalancer,
+            "ExternalName" => ServiceType::ExternalName,
+            other => {
+                return Err(Error::UnknownValue {
+                    kind: KIND,
+                    field: "spec.type",
+                    value: other.to_owned(),
+                });
+            }
+        };
+
+        // clusterIPs supersedes clusterIP; older objects may carry only the latter.
+        let raw_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+            _ => Vec::new(),
+        };
+        let cluster_ips = if type_ == ServiceType::ExternalName || raw_ips.is_empty() {
+            ClusterIps::Unset
+        } else if raw_ips.first() == Some(&"None") {
+            ClusterIps::Headless
+        } else {
+            ClusterIps::Ips(
+                raw_ips
+                    .iter()
+                    .map(|v| ip(KIND, "spec.clusterIPs", v))
+                    .collect::<Result<_>>()?,
+            )
+        };
+
+        let ip_families = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .map(|f| match f.as_str() {
+                "IPv4" => Ok(IpFamily::V4),
+                "IPv6" => Ok(IpFamily::V6),
+                other => Err(Error::UnknownValue {
+                    kind: KIND,
+                    field: "spec.ipFamilies",
+                    value: other.to_owned(),
+                }),
+            })
+            .collect::<Result<_>>()?;
+        let ip_family_policy = match spec.ip_family_policy.as_deref() {
+            None | Some("") => None,
+            Some("SingleStack") => Some(IpFamilyPolicy::SingleStack),
+            Some("PreferDualStack") => Some(IpFamilyPolicy::PreferDualStack),
+            Some("RequireDualStack") => Some(IpFamilyPolicy::RequireDualStack),
+            Some(other) => {
+                return Err(Error::UnknownValue {
+                    kind: KIND,
+                    field: "spec.ipFamilyPolicy",
+                    value: other.to_owned(),
+                });
+            }
+        };
+
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(convert_port)
+            .collect::<Result<_>>()?;
+
+        let selector = spec.selector.clone().and_then(Selector::from_map);
+        let external_name = if type_ == ServiceType::ExternalName {
+            Some(
+                required(KIND, "spec.externalName", &spec.external_name)?
+                    .trim_end_matches('.')
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        let external_ips = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .map(|v| ip(KIND, "spec.externalIPs", v))
+            .collect::<Result<_>>()?;
+        let load_balancer_ips = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|ing| ing.ip.as_deref().filter(|v| !v.is_empty()))
+            .map(|v| ip(KIND, "status.loadBalancer.ingress.ip", v))
+            .collect::<Result<_>>()?;
+        let load_balancer_source_ranges = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .map(|v| cidr(KIND, "spec.loadBalancerSourceRanges", v))
+            .collect::<Result<_>>()?;
+
+        let session_affinity = match spec.session_affinity.as_deref() {
+            None | Some("") | Some("None") => SessionAffinity::None,
+            Some("ClientIP") => {
+                let timeout = spec
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds);
+                let timeout_seconds = match timeout {
+                    Some(t) => in_range(
+                        KIND,
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        t,
+                        1,
+                        86_400,
+                    )? as u32,
+                    None => DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+                };
+                SessionAffinity::ClientIp { timeout_seconds }
+            }
+            Some(other) => {
+                return Err(Error::UnknownValue {
+                    kind: KIND,
+                    field: "spec.sessionAffinity",
+                    value: other.to_owned(),
+                });
+            }
+        };
+
+        let annotations = meta.annotations.as_ref();
+        let topology_mode = annotations
+            .and_then(|a| {
+                a.get(ANNOTATION_TOPOLOGY_MODE)
+                    .or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
+            })
+            .filter(|v| !v.is_empty())
+            .cloned();
+
+        Ok(Service {
+            key,
+            uid: non_empty(&meta.uid),
+            labels: meta.labels.clone().unwrap_or_default(),
+            type_,
+            cluster_ips,
+            ip_families,
+            ip_family_policy,
+            ports,
+            selector,
+            external_name,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
+            session_affinity,
+            external_traffic_policy: traffic_policy(
+                "spec.externalTrafficPolicy",
+                &spec.external_traffic_policy,
+            )?,
+            internal_traffic_policy: traffic_policy(
+                "spec.internalTrafficPolicy",
+                &spec.internal_traffic_policy,
+            )?,
+            health_check_node_port: spec
+                .health_check_node_port
+                .filter(|p| *p != 0)
+                .map(|p| port(KIND, "spec.healthCheckNodePort", p))
+                .transpose()?,
+            publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+            traffic_distribution: non_empty(&spec.traffic_distribution),
+            topology_mode,
+        })
+    }
+}
+
+fn traffic_policy(field: &'static str, v: &Option<String>) -> Result<TrafficPolicy> {
+    match v.as_deref() {
+        None | Some("") | Some("Cluster") => Ok(TrafficPolicy::Cluster),
+        Some("Local") => Ok(TrafficPolicy::Local),
+        Some(other) => Err(Error::UnknownValue {
+            kind: KIND,
+            field,
+            value: other.to_owned(),
+        }),
+    }
+}
+
+fn convert_port(p: &core::ServicePort) -> Result<ServicePort> {
+    let number = port(KIND, "spec.ports.port", p.port)?;
+    let target_port = match &p.target_port {
+        None => TargetPort::Number(number),
+        Some(IntOrString::Int(0)) => TargetPort::Number(number),
+        Some(IntOrString::Int(n)) => TargetPort::Number(port(KIND, "spec.ports.targetPort", *n)?),
+        Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(number),
+        // Upstream never reads a string targetPort as a number, even one of digits.
+        Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
+    };
+    Ok(ServicePort {
+        name: p.name.clone().unwrap_or_default(),
+        protocol: Protocol::parse(KIND, "spec.ports.protocol", p.protocol.as_deref())?,
+        port: number,
+        target_port,
+        node_port: p
+            .node_port
+            .filter(|n| *n != 0)
+            .map(|n| port(KIND, "spec.ports.nodePort", n))
+            .transpose()?,
+        app_protocol: non_empty(&p.app_protocol),
+    })
+}
+
+#[cfg(test)]
+mod tests;

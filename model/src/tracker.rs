@@ -1,0 +1,245 @@
+//! Change trackers: the current value per key plus what changed since the consumer last looked.
+//!
+//! Watch events arrive one object at a time; the DNS index and the proxy's rule sync want "which
+//! Services changed, from what to what" in batches. A tracker remembers, for every key touched
+//! since the last [`drain`](ChangeTracker::drain), the value it had at that drain; a key whose
+//! value comes back to where it started (add then delete, flip then flip back) drops out of the
+//! diff, so consumers never do work for changes that cancelled out.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::{EndpointSlice, ObjectKey};
+
+/// One key's change between two drains. `None` means "absent".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change<K, V> {
+    pub key: K,
+    pub previous: Option<V>,
+    pub current: Option<V>,
+}
+
+/// Current values per key and the pending diff; the generic tracker Services use.
+#[derive(Debug, Clone)]
+pub struct ChangeTracker<K, V> {
+    current: HashMap<K, V>,
+    /// For each key touched since the last drain, its value at that drain.
+    previous: HashMap<K, Option<V>>,
+}
+
+impl<K, V> Default for ChangeTracker<K, V> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + PartialEq> ChangeTracker<K, V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (`Some`) or removes (`None`) the value of `key`.
+    pub fn apply(&mut self, key: K, value: Option<V>) {
+        let old = match &value {
+            Some(v) => self.current.insert(key.clone(), v.clone()),
+            None => self.current.remove(&key),
+        };
+        match self.previous.entry(key) {
+            Entry::Vacant(slot) => {
+                if old != value {
+                    slot.insert(old);
+                }
+            }
+            Entry::Occupied(slot) => {
+                if *slot.get() == value {
+                    slot.remove();
+                }
+            }
+        }
+    }
+
+    /// Replaces the whole state after a re-list: keys missing from `items` are removed, so
+    /// objects deleted while the watch was down still show up as deletions.
+    pub fn resync(&mut self, items: impl IntoIterator<Item = (K, V)>) {
+        let fresh: HashMap<K, V> = items.into_iter().collect();
+        let gone: Vec<K> = self
+            .current
+            .keys()
+            .filter(|k| !fresh.contains_key(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.apply(key, None);
+        }
+        for (key, value) in fresh {
+            self.apply(key, Some(value));
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.current.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.current.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// Number of keys with a pending change.
+    pub fn pending(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// Takes the diff since the last drain.
+    pub fn drain(&mut self) -> Vec<Change<K, V>> {
+        self.previous
+            .drain()
+            .map(|(key, previous)| Change {
+                current: self.current.get(&key).cloned(),
+                key,
+                previous,
+            })
+            .collect()
+    }
+}
+
+/// All EndpointSlices of one Service, ordered by slice name.
+///
+/// Equality compares what endpoints say (addresses, conditions, ports, placement), not slice
+/// bookkeeping such as resource versions or trigger-time annotations, so a rewrite that changes
+/// no endpoint is no change.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceEndpoints {
+    pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+impl PartialEq for ServiceEndpoints {
+    fn eq(&self, other: &Self) -> bool {
+        self.slices.len() == other.slices.len()
+            && self.slices.iter().zip(&other.slices).all(|(a, b)| {
+                Arc::ptr_eq(a, b)
+                    || (a.key == b.key
+                        && a.address_type == b.address_type
+                        && a.ports == b.ports
+                        && a.endpoints == b.endpoints)
+            })
+    }
+}
+
+impl Eq for ServiceEndpoints {}
+
+/// Tracks EndpointSlices and reports changes per Service, the unit DNS and the proxy work in.
+#[derive(Debug, Default)]
+pub struct EndpointsTracker {
+    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// For each Service touched since the last drain, its endpoints at that drain.
+    previous: HashMap<ObjectKey, Option<ServiceEndpoints>>,
+}
+
+impl EndpointsTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets or removes one slice. A slice that moved to another Service touches both.
+    pub fn apply(&mut self, slice_key: ObjectKey, slice: Option<Arc<EndpointSlice>>) {
+        let old_service = self.slices.get(&slice_key).map(|s| s.service.clone());
+        let new_service = slice.as_ref().map(|s| s.service.clone());
+        for svc in old_service.iter().chain(new_service.iter()) {
+            if !self.previous.contains_key(svc) {
+                let snapshot = self.endpoints(svc);
+                self.previous.insert(svc.clone(), snapshot);
+            }
+        }
+        if let Some(old) = old_service {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(&slice_key);
+                if set.is_empty() {
+                    self.by_service.remove(&old);
+                }
+            }
+        }
+        match slice {
+            Some(slice) => {
+                self.by_service
+                    .entry(slice.service.clone())
+                    .or_default()
+                    .insert(slice_key.clone());
+                self.slices.insert(slice_key, slice);
+            }
+            None => {
+                self.slices.remove(&slice_key);
+            }
+        }
+    }
+
+    /// Replaces all slices after a re-list; slices missing from `items` are removed.
+    pub fn resync(&mut self, items: impl IntoIterator<Item = Arc<EndpointSlice>>) {
+        let fresh: HashMap<ObjectKey, Arc<EndpointSlice>> =
+            items.into_iter().map(|s| (s.key.clone(), s)).collect();
+        let gone: Vec<ObjectKey> = self
+            .slices
+            .keys()
+            .filter(|k| !fresh.contains_key(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.apply(key, None);
+        }
+        for (key, slice) in fresh {
+            self.apply(key, Some(slice));
+        }
+    }
+
+    /// The current slices of `service`, or `None` when it has none.
+    pub fn endpoints(&self, service: &ObjectKey) -> Option<ServiceEndpoints> {
+        let keys = self.by_service.get(service)?;
+        Some(ServiceEndpoints {
+            slices: keys
+                .iter()
+                .filter_map(|k| self.slices.get(k).cloned())
+                .collect(),
+        })
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.slices.len()
+    }
+
+    /// Number of Services with a pending (possibly cancelling) change.
+    pub fn pending(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// Takes the per-Service diff since the last drain, leaving out changes that cancelled out.
+    pub fn drain(&mut self) -> Vec<Change<ObjectKey, ServiceEndpoints>> {
+        let touched: Vec<_> = self.previous.drain().collect();
+        touched
+            .into_iter()
+            .filter_map(|(key, previous)| {
+                let current = self.endpoints(&key);
+                (previous != current).then_some(Change {
+                    key,
+                    previous,
+                    current,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,30 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading kubeconfig {path}")]
+    KubeconfigRead {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no usable API client configuration (kubeconfig or in-cluster)")]
+    ConfigInfer(#[source] kube::config::InferConfigError),
+    #[error("building the API client")]
+    ClientBuild(#[source] kube::Error),
+    #[error("--kube-api-qps must be positive and --kube-api-burst at least 1 (got {qps}, {burst})")]
+    InvalidRateLimit { qps: f64, burst: u32 },
+    #[error("binding the admin server to {addr}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    #[error("starting the log subscriber")]
+    Logging(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
