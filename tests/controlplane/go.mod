@@ -197,3 +197,7 @@ replace (
 	k8s.io/sample-controller => k8s.io/sample-controller v0.37.2
 	k8s.io/streaming => k8s.io/streaming v0.37.2
 )
+
+require svcplane.dev/tests/controlplane/lifeline v0.0.0
+
+replace svcplane.dev/tests/controlplane/lifeline => ./lifeline

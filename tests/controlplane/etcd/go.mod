@@ -71,3 +71,7 @@ require (
 	sigs.k8s.io/json v0.0.0-20211020170558-c049b76a60c6 // indirect
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )
+
+require svcplane.dev/tests/controlplane/lifeline v0.0.0
+
+replace svcplane.dev/tests/controlplane/lifeline => ../lifeline

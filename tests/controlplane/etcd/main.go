@@ -4,9 +4,12 @@ package main
 import (
 	"os"
 
+	"svcplane.dev/tests/controlplane/lifeline"
+
 	"go.etcd.io/etcd/server/v3/etcdmain"
 )
 
 func main() {
+	lifeline.Watch()
 	etcdmain.Main(os.Args)
 }

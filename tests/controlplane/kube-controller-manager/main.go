@@ -6,11 +6,14 @@ package main
 import (
 	"os"
 
+	"svcplane.dev/tests/controlplane/lifeline"
+
 	"k8s.io/component-base/cli"
 	_ "k8s.io/component-base/logs/json/register"
 	"k8s.io/kubernetes/cmd/kube-controller-manager/app"
 )
 
 func main() {
+	lifeline.Watch()
 	os.Exit(cli.Run(app.NewControllerManagerCommand()))
 }

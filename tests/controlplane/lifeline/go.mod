@@ -1,0 +1,3 @@
+module svcplane.dev/tests/controlplane/lifeline
+
+go 1.26.0

@@ -1,0 +1,375 @@
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+use crate::certs::Pki;
+use crate::process::Process;
+use crate::{Binaries, Error, Result, ensure_binaries};
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How to start a control plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--service-cluster-ip-range`: one CIDR, or an IPv4 and an IPv6 one for dual-stack.
+    pub service_cidrs: Vec<IpNet>,
+    /// `--service-node-port-range`.
+    pub node_port_range: (u16, u16),
+    /// Appended to kube-apiserver's flags (a later flag wins).
+    pub extra_apiserver_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            service_cidrs: vec![IpNet::from(
+                "10.96.0.0/16".parse::<ipnet::Ipv4Net>().expect("literal CIDR"),
+            )],
+            node_port_range: (30000, 32767),
+            extra_apiserver_args: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    /// IPv4 10.96.0.0/16 primary, IPv6 fd00:10:96::/112 secondary.
+    pub fn dual_stack() -> Self {
+        let mut o = Self::default();
+        o.service_cidrs.push(IpNet::from(
+            "fd00:10:96::/112"
+                .parse::<ipnet::Ipv6Net>()
+                .expect("literal CIDR"),
+        ));
+        o
+    }
+}
+
+/// A running etcd + kube-apiserver pair. Dropping it stops both and removes its directory,
+/// except when the thread is panicking: then the directory, with both logs, is kept and named
+/// on stderr so the failing test's output points to it.
+#[derive(Debug)]
+pub struct TestEnv {
+    // Declared before etcd so it is stopped first.
+    apiserver: Process,
+    etcd: Process,
+    dir: PathBuf,
+    server_url: String,
+    etcd_url: String,
+    kubeconfig: Value,
+    kubeconfig_path: PathBuf,
+    /// Keep the directory on drop: start-up failed and its logs explain why.
+    keep_dir: bool,
+}
+
+impl TestEnv {
+    /// Starts a control plane with the default options (10.96.0.0/16, NodePorts 30000-32767).
+    pub async fn start() -> Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Result<Self> {
+        let binaries = tokio::task::spawn_blocking(ensure_binaries)
+            .await
+            .map_err(|e| Error::Precondition(format!("binary build task failed: {e}")))??;
+        // Free ports are picked by binding and releasing; another process can take one in
+        // between, so a start that lost that race is retried with fresh ports.
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&binaries, &options).await {
+                Err(Error::ExitedEarly { tail, .. })
+                    if attempt < 3 && tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start(binaries: &Binaries, options: &Options) -> Result<Self> {
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("svcplane-testenv-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?
+            .keep();
+        eprintln!("svcplane-testenv: control plane files and logs in {}", dir.display());
+
+        let service_ips: Vec<IpAddr> = options.service_cidrs.iter().map(first_host).collect();
+        let pki = Pki::generate(&service_ips)?;
+        let write = |name: &str, contents: &str| -> Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(path)
+        };
+        let ca = write("ca.crt", &pki.ca_cert)?;
+        let serving_cert = write("apiserver.crt", &pki.serving_cert)?;
+        let serving_key = write("apiserver.key", &pki.serving_key)?;
+        let sa_key = write("service-account.key", &pki.service_account_key)?;
+        let sa_pub = write("service-account.pub", &pki.service_account_pub)?;
+
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd = Process::spawn(
+            "etcd",
+            &binaries.etcd(),
+            &[
+                "--name=testenv".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=testenv={peer_url}"),
+                // Test data is thrown away; fsync only slows every write.
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            dir.join("etcd.log"),
+        )?;
+        wait_for_port(&mut etcd, etcd_port).await?;
+
+        let cidrs: Vec<String> = options.service_cidrs.iter().map(IpNet::to_string).collect();
+        let mut args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", serving_cert.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--client-ca-file={}", ca.display()),
+            format!("--service-account-issuer={ISSUER}"),
+            format!("--api-audiences={ISSUER}"),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            format!("--service-cluster-ip-range={}", cidrs.join(",")),
+            format!(
+                "--service-node-port-range={}-{}",
+                options.node_port_range.0, options.node_port_range.1
+            ),
+            "--authorization-mode=RBAC".into(),
+            // No controller manager creates default ServiceAccounts for pods to use.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            // 127.0.0.1 is not a valid endpoint for the `kubernetes` Service.
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ];
+        args.extend(options.extra_apiserver_args.iter().cloned());
+        let mut apiserver = Process::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver(),
+            &args,
+            dir.join("kube-apiserver.log"),
+        )?;
+        // Until it listens, every readiness probe would only log a connection error.
+        wait_for_port(&mut apiserver, api_port).await?;
+
+        let server_url = format!("https://127.0.0.1:{api_port}");
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "svcplane-testenv", "cluster": {
+                "server": server_url,
+                "certificate-authority-data": B64.encode(&pki.ca_cert),
+            }}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate-data": B64.encode(&pki.admin_cert),
+                "client-key-data": B64.encode(&pki.admin_key),
+            }}],
+            "contexts": [{"name": "svcplane-testenv", "context": {
+                "cluster": "svcplane-testenv", "user": "admin",
+            }}],
+            "current-context": "svcplane-testenv",
+        });
+        // JSON is YAML, so kubectl and every client read this file as it is.
+        let kubeconfig_path = write("kubeconfig", &kubeconfig.to_string())?;
+
+        let mut env = TestEnv {
+            apiserver,
+            etcd,
+            dir,
+            server_url,
+            etcd_url,
+            kubeconfig,
+            kubeconfig_path,
+            keep_dir: false,
+        };
+        if let Err(error) = env.wait_ready().await {
+            env.keep_dir = true;
+            return Err(error);
+        }
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            server = %env.server_url,
+            "control plane ready"
+        );
+        Ok(env)
+    }
+
+    /// Waits for `/readyz` and for the `default` namespace the API server creates itself.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.apiserver.check_running()?;
+            self.etcd.check_running()?;
+            let ready = client
+                .request_text(
+                    http::Request::get("/readyz")
+                        .body(Vec::new())
+                        .map_err(|e| Error::Precondition(e.to_string()))?,
+                )
+                .await
+                .is_ok_and(|body| body.trim() == "ok");
+            if ready
+                && Api::<Namespace>::all(client.clone())
+                    .get_opt("default")
+                    .await
+                    .is_ok_and(|ns| ns.is_some())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    name: "kube-apiserver",
+                    seconds: READY_TIMEOUT.as_secs(),
+                    log: self.apiserver.log.clone(),
+                    tail: self.apiserver.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An admin client (`system:masters`). Each call builds a new one, bound to the caller's
+    /// runtime.
+    pub async fn client(&self) -> Result<Client> {
+        client_from(self.kubeconfig.clone()).await
+    }
+
+    /// A client that authenticates with a bearer token, e.g. a ServiceAccount's.
+    pub async fn client_with_token(&self, token: &str) -> Result<Client> {
+        let mut kc = self.kubeconfig.clone();
+        kc["users"][0]["user"] = json!({ "token": token });
+        client_from(kc).await
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// The directory holding certificates, etcd data and both logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.pid()
+    }
+
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.pid()
+    }
+
+    pub fn apiserver_log(&self) -> &Path {
+        &self.apiserver.log
+    }
+
+    pub fn etcd_log(&self) -> &Path {
+        &self.etcd.log
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+        self.etcd.stop(Duration::from_secs(5));
+        if self.keep_dir || std::thread::panicking() {
+            eprintln!(
+                "svcplane-testenv: kept {} and {} for inspection",
+                self.apiserver.log.display(),
+                self.etcd.log.display()
+            );
+        } else if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("svcplane-testenv: could not remove {}: {error}", self.dir.display());
+        }
+    }
+}
+
+async fn client_from(kubeconfig: Value) -> Result<Client> {
+    let boxed = |e: Box<dyn std::error::Error + Send + Sync>| Error::Client(e);
+    let kc: Kubeconfig = serde_json::from_value(kubeconfig).map_err(|e| boxed(e.into()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| boxed(e.into()))?;
+    Client::try_from(config).map_err(|e| boxed(e.into()))
+}
+
+/// The first host address of a range: what the API server gives the `kubernetes` Service.
+fn first_host(net: &IpNet) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(v4) => std::net::Ipv4Addr::from(u32::from(v4).wrapping_add(1)).into(),
+        IpAddr::V6(v6) => std::net::Ipv6Addr::from(u128::from(v6).wrapping_add(1)).into(),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        path: "127.0.0.1:0".into(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            path: "127.0.0.1:0".into(),
+            source,
+        })
+}
+
+async fn wait_for_port(process: &mut Process, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        process.check_running()?;
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NotReady {
+                name: process.name,
+                seconds: READY_TIMEOUT.as_secs(),
+                log: process.log.clone(),
+                tail: process.log_tail(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
