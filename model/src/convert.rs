@@ -64,5 +64,8 @@ pub(crate) fn required<'a>(
 
 /// Empty strings in the API mean "unset".
 pub(crate) fn non_empty(value: &Option<String>) -> Option<String> {
-    value.as_deref().filter(|v| !v.is_empty()).map(str::to_owned)
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }

@@ -48,9 +48,17 @@ pub fn dashed_ip(ip: IpAddr) -> String {
 /// is IPv4, anything else is tried as IPv6.
 pub fn parse_dashed_ip(label: &str) -> Option<IpAddr> {
     if label.matches('-').count() == 3 && !label.contains("--") {
-        label.replace('-', ".").parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+        label
+            .replace('-', ".")
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(IpAddr::V4)
     } else {
-        label.replace('-', ":").parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        label
+            .replace('-', ":")
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6)
     }
 }
 

@@ -127,7 +127,11 @@ impl TryFrom<&core::Pod> for Pod {
             .map(|(name, p)| {
                 Ok(NamedPort {
                     name: name.to_owned(),
-                    protocol: Protocol::parse(POD, "spec.containers.ports.protocol", p.protocol.as_deref())?,
+                    protocol: Protocol::parse(
+                        POD,
+                        "spec.containers.ports.protocol",
+                        p.protocol.as_deref(),
+                    )?,
                     port: port(POD, "spec.containers.ports.containerPort", p.container_port)?,
                 })
             })

@@ -83,7 +83,12 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` resolves. Connection errors are logged, never fatal.
-    pub async fn serve(self, registry: Registry, health: Health, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(
+        self,
+        registry: Registry,
+        health: Health,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let state = Arc::new((registry, health));
         tokio::pin!(shutdown);
         loop {
@@ -129,7 +134,10 @@ fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Respo
                     .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding\n")),
                 Err(error) => {
                     tracing::warn!(%error, "encoding metrics failed");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n")
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "encoding metrics failed\n",
+                    )
                 }
             }
         }

@@ -7,7 +7,10 @@ fn ip(s: &str) -> IpAddr {
 #[test]
 fn service_and_srv_names() {
     let key = ObjectKey::new("shop", "web");
-    assert_eq!(service_fqdn(&key, "cluster.local"), "web.shop.svc.cluster.local");
+    assert_eq!(
+        service_fqdn(&key, "cluster.local"),
+        "web.shop.svc.cluster.local"
+    );
     assert_eq!(
         srv_name("http", Protocol::Tcp, &key, "cluster.local"),
         "_http._tcp.web.shop.svc.cluster.local"
@@ -44,7 +47,14 @@ fn dashed_names_round_trip() {
 
 #[test]
 fn dashed_names_that_are_not_addresses() {
-    for label in ["web", "10-244-1", "10-244-1-500", "10-244-1-5-6", "", "g-h--1"] {
+    for label in [
+        "web",
+        "10-244-1",
+        "10-244-1-500",
+        "10-244-1-5-6",
+        "",
+        "g-h--1",
+    ] {
         assert_eq!(parse_dashed_ip(label), None, "{label}");
     }
 }

@@ -86,7 +86,10 @@ fn converts_every_field() {
         }]
     );
     let e = &s.endpoints[0];
-    assert_eq!(e.addresses, vec!["10.244.1.5".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        e.addresses,
+        vec!["10.244.1.5".parse::<IpAddr>().expect("ip")]
+    );
     assert!(!e.conditions.is_ready());
     assert!(e.conditions.is_serving());
     assert!(e.conditions.is_terminating());

@@ -106,7 +106,11 @@ fn converts_every_field() {
     assert_eq!(pod.subdomain.as_deref(), Some("web"));
     assert_eq!(pod.node_name.as_deref(), Some("node-a"));
     let names: Vec<_> = pod.named_ports.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["http", "dns", "metrics"], "unnamed ports and plain init containers are left out");
+    assert_eq!(
+        names,
+        ["http", "dns", "metrics"],
+        "unnamed ports and plain init containers are left out"
+    );
 }
 
 #[test]
@@ -136,12 +140,20 @@ fn named_target_port_resolution() {
         (TargetPort::Name("http".into()), Protocol::Tcp, Some(8080)),
         (TargetPort::Name("http".into()), Protocol::Udp, None),
         (TargetPort::Name("dns".into()), Protocol::Udp, Some(5353)),
-        (TargetPort::Name("metrics".into()), Protocol::Tcp, Some(9090)),
+        (
+            TargetPort::Name("metrics".into()),
+            Protocol::Tcp,
+            Some(9090),
+        ),
         (TargetPort::Name("setup".into()), Protocol::Tcp, None),
         (TargetPort::Name("missing".into()), Protocol::Tcp, None),
     ];
     for (target, proto, want) in cases {
-        assert_eq!(pod.resolve_port(&svc_port(target.clone(), proto)), want, "{target:?}/{proto:?}");
+        assert_eq!(
+            pod.resolve_port(&svc_port(target.clone(), proto)),
+            want,
+            "{target:?}/{proto:?}"
+        );
     }
 }
 
@@ -153,7 +165,11 @@ fn malformed_pods_are_rejected() {
     bad_phase.status.as_mut().expect("status").phase = Some("Sleeping".into());
     let mut no_ns = raw_pod();
     no_ns.metadata.namespace = None;
-    for (raw, reason) in [(bad_ip, "invalid_ip"), (bad_phase, "unknown_value"), (no_ns, "missing_field")] {
+    for (raw, reason) in [
+        (bad_ip, "invalid_ip"),
+        (bad_phase, "unknown_value"),
+        (no_ns, "missing_field"),
+    ] {
         assert_eq!(Pod::try_from(&raw).expect_err("rejected").reason(), reason);
     }
 }
@@ -185,13 +201,22 @@ fn nodes_convert() {
     let node = Node::try_from(&raw).expect("valid");
     assert_eq!(node.name, "node-a");
     assert_eq!(node.zone.as_deref(), Some("zone-1"));
-    assert_eq!(node.addresses, vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        node.addresses,
+        vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
+    );
     assert_eq!(node.allocatable_cpu_millis, Some(3500));
 }
 
 #[test]
 fn cpu_quantities() {
-    for (q, want) in [("4", Some(4000)), ("3500m", Some(3500)), ("1.5", Some(1500)), ("x", None), ("-1", None)] {
+    for (q, want) in [
+        ("4", Some(4000)),
+        ("3500m", Some(3500)),
+        ("1.5", Some(1500)),
+        ("x", None),
+        ("-1", None),
+    ] {
         assert_eq!(cpu_millis(q), want, "{q}");
     }
 }

@@ -41,7 +41,10 @@ fn converts_a_plain_cluster_ip_service() {
     assert_eq!(svc.key, ObjectKey::new("shop", "web"));
     assert_eq!(svc.uid.as_deref(), Some("u-1"));
     assert_eq!(svc.type_, ServiceType::ClusterIp);
-    assert_eq!(svc.cluster_ips(), &["10.96.0.12".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        svc.cluster_ips(),
+        &["10.96.0.12".parse::<IpAddr>().expect("ip")]
+    );
     assert!(!svc.is_headless());
     assert_eq!(
         svc.ports,
@@ -166,7 +169,10 @@ fn optional_fields() {
     });
     let svc = Service::try_from(&raw).expect("valid");
     assert_eq!(svc.type_, ServiceType::LoadBalancer);
-    assert_eq!(svc.external_ips, vec!["192.0.2.7".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        svc.external_ips,
+        vec!["192.0.2.7".parse::<IpAddr>().expect("ip")]
+    );
     assert_eq!(
         svc.load_balancer_source_ranges,
         vec![
@@ -231,7 +237,10 @@ fn malformed_services_are_rejected_with_a_reason() {
             with_spec(|s| s.cluster_ips = Some(vec!["10.96.0.300".into()])),
             "invalid_ip",
         ),
-        (with_spec(|s| s.type_ = Some("Magic".into())), "unknown_value"),
+        (
+            with_spec(|s| s.type_ = Some("Magic".into())),
+            "unknown_value",
+        ),
         (
             with_spec(|s| s.ports.as_mut().expect("ports")[0].port = 70000),
             "out_of_range",

@@ -96,8 +96,14 @@ fn resync_reports_objects_deleted_during_a_relist() {
 #[test]
 fn endpoints_are_reported_per_service() {
     let mut t = EndpointsTracker::new();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
-    t.apply(key("web-2"), Some(slice("web-2", "web", &["10.0.0.2"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
+    t.apply(
+        key("web-2"),
+        Some(slice("web-2", "web", &["10.0.0.2"], true)),
+    );
     t.apply(key("db-1"), Some(slice("db-1", "db", &["10.0.1.1"], true)));
     let changes = t.drain();
     assert_eq!(keys(&changes), ["db", "web"]);
@@ -109,17 +115,29 @@ fn endpoints_are_reported_per_service() {
 #[test]
 fn endpoint_flips_that_return_cancel_out() {
     let mut t = EndpointsTracker::new();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
     t.drain();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], false)));
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], false)),
+    );
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
     assert!(t.drain().is_empty());
 }
 
 #[test]
 fn bookkeeping_only_rewrites_are_no_change() {
     let mut t = EndpointsTracker::new();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
     t.drain();
     let mut rewritten = (*slice("web-1", "web", &["10.0.0.1"], true)).clone();
     rewritten.resource_version = Some("2".into());
@@ -131,7 +149,10 @@ fn bookkeeping_only_rewrites_are_no_change() {
 #[test]
 fn deleting_the_last_slice_reports_no_endpoints() {
     let mut t = EndpointsTracker::new();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
     t.drain();
     t.apply(key("web-1"), None);
     let changes = t.drain();
@@ -155,7 +176,10 @@ fn a_slice_moving_between_services_touches_both() {
 #[test]
 fn endpoint_resync_removes_slices_missing_from_the_list() {
     let mut t = EndpointsTracker::new();
-    t.apply(key("web-1"), Some(slice("web-1", "web", &["10.0.0.1"], true)));
+    t.apply(
+        key("web-1"),
+        Some(slice("web-1", "web", &["10.0.0.1"], true)),
+    );
     t.apply(key("db-1"), Some(slice("db-1", "db", &["10.0.1.1"], true)));
     t.drain();
     t.resync([slice("web-1", "web", &["10.0.0.1"], true)]);

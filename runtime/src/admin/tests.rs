@@ -15,7 +15,10 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -23,10 +26,14 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 async fn serves_health_readiness_and_metrics() {
     let registry = Registry::new();
     let counter = IntCounter::new("svcplane_test_total", "A test counter.").expect("counter");
-    registry.register(Box::new(counter.clone())).expect("register");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("register");
     counter.inc_by(7);
 
-    let server = AdminServer::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let server = AdminServer::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
     let addr = server.local_addr().expect("addr");
     let health = Health::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -39,7 +46,11 @@ async fn serves_health_readiness_and_metrics() {
     health.set_ready(true);
     assert_eq!(get(addr, "/readyz").await.0, 200);
     health.set_live(false);
-    assert_eq!(get(addr, "/healthz").await.0, 503, "lameduck reports unhealthy");
+    assert_eq!(
+        get(addr, "/healthz").await.0,
+        503,
+        "lameduck reports unhealthy"
+    );
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("svcplane_test_total 7"), "{body}");
@@ -51,7 +62,9 @@ async fn serves_health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn a_taken_port_fails_at_bind() {
-    let first = AdminServer::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let first = AdminServer::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
     let addr = first.local_addr().expect("addr");
     let err = AdminServer::bind(addr).await.expect_err("port is taken");
     assert!(matches!(err, Error::AdminBind { .. }), "{err}");

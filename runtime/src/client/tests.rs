@@ -23,13 +23,24 @@ async fn requests_beyond_the_burst_wait_for_tokens() {
     // 20 per second with a burst of 2: the first two go at once, the next three wait ~50 ms
     // each. Only a lower bound is asserted: a slow machine can be slower, never faster.
     let layer = RateLimitLayer::new(20.0, 2).expect("valid");
-    let mut svc = layer.layer(tower::service_fn(|x: u32| async move { Ok::<_, Infallible>(x) }));
+    let mut svc = layer.layer(tower::service_fn(
+        |x: u32| async move { Ok::<_, Infallible>(x) },
+    ));
     let start = Instant::now();
     for i in 0..5u32 {
-        let got = svc.ready().await.expect("ready").call(i).await.expect("call");
+        let got = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(i)
+            .await
+            .expect("call");
         assert_eq!(got, i);
         if i == 1 {
-            assert!(start.elapsed() < Duration::from_millis(40), "burst passes at once");
+            assert!(
+                start.elapsed() < Duration::from_millis(40),
+                "burst passes at once"
+            );
         }
     }
     assert!(
@@ -60,7 +71,10 @@ fn flags_parse_with_defaults_and_overrides() {
         "10",
     ])
     .expect("overrides");
-    assert_eq!(args.client.kubeconfig.as_deref(), Some(std::path::Path::new("/tmp/kc")));
+    assert_eq!(
+        args.client.kubeconfig.as_deref(),
+        Some(std::path::Path::new("/tmp/kc"))
+    );
     assert_eq!(args.client.kube_api_qps, 5.0);
     assert_eq!(args.client.kube_api_burst, 10);
 }

@@ -33,7 +33,9 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             service_cidrs: vec![IpNet::from(
-                "10.96.0.0/16".parse::<ipnet::Ipv4Net>().expect("literal CIDR"),
+                "10.96.0.0/16"
+                    .parse::<ipnet::Ipv4Net>()
+                    .expect("literal CIDR"),
             )],
             node_port_range: (30000, 32767),
             extra_apiserver_args: Vec::new(),
@@ -106,7 +108,10 @@ impl TestEnv {
                 source,
             })?
             .keep();
-        eprintln!("svcplane-testenv: control plane files and logs in {}", dir.display());
+        eprintln!(
+            "svcplane-testenv: control plane files and logs in {}",
+            dir.display()
+        );
 
         let service_ips: Vec<IpAddr> = options.service_cidrs.iter().map(first_host).collect();
         let pki = Pki::generate(&service_ips)?;
@@ -318,7 +323,10 @@ impl Drop for TestEnv {
                 self.etcd.log.display()
             );
         } else if let Err(error) = std::fs::remove_dir_all(&self.dir) {
-            eprintln!("svcplane-testenv: could not remove {}: {error}", self.dir.display());
+            eprintln!(
+                "svcplane-testenv: could not remove {}: {error}",
+                self.dir.display()
+            );
         }
     }
 }

@@ -17,7 +17,12 @@ use serde_json::json;
 use crate::{Error, Result};
 
 /// A Node as a kubelet would register it: zone label, InternalIP, Ready, allocatable CPU.
-pub async fn create_node(client: &Client, name: &str, zone: Option<&str>, ip: IpAddr) -> Result<Node> {
+pub async fn create_node(
+    client: &Client,
+    name: &str,
+    zone: Option<&str>,
+    ip: IpAddr,
+) -> Result<Node> {
     let api: Api<Node> = Api::all(client.clone());
     let mut labels = BTreeMap::from([("kubernetes.io/hostname".to_owned(), name.to_owned())]);
     if let Some(zone) = zone {
@@ -150,7 +155,10 @@ pub async fn set_pod_running(
     ready: bool,
 ) -> Result<Pod> {
     let status = if ready { "True" } else { "False" };
-    let ips: Vec<_> = ips.iter().map(|ip| json!({ "ip": ip.to_string() })).collect();
+    let ips: Vec<_> = ips
+        .iter()
+        .map(|ip| json!({ "ip": ip.to_string() }))
+        .collect();
     let patch = json!({ "status": {
         "phase": "Running",
         "podIP": ips.first().map(|v| v["ip"].clone()),
@@ -166,7 +174,12 @@ pub async fn set_pod_running(
 }
 
 /// Sets only the phase, e.g. `Succeeded` or `Failed` for a finished pod.
-pub async fn set_pod_phase(client: &Client, namespace: &str, name: &str, phase: &str) -> Result<Pod> {
+pub async fn set_pod_phase(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    phase: &str,
+) -> Result<Pod> {
     let patch = json!({ "status": { "phase": phase } });
     Ok(Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -12,7 +12,12 @@ use svcplane_testenv::{Options, TestEnv};
 #[command(name = "svcplane-testenv", version, about)]
 struct Args {
     /// Service CIDR(s), comma-separated: one, or an IPv4 and an IPv6 one for dual-stack.
-    #[arg(long, env = "SVCPLANE_SERVICE_CLUSTER_IP_RANGE", value_delimiter = ',', default_value = "10.96.0.0/16")]
+    #[arg(
+        long,
+        env = "SVCPLANE_SERVICE_CLUSTER_IP_RANGE",
+        value_delimiter = ',',
+        default_value = "10.96.0.0/16"
+    )]
     service_cluster_ip_range: Vec<IpNet>,
     /// Shorthand for --service-cluster-ip-range 10.96.0.0/16,fd00:10:96::/112.
     #[arg(long, conflicts_with = "service_cluster_ip_range")]
@@ -44,7 +49,10 @@ async fn main() -> anyhow::Result<()> {
     println!("etcd-pid={}", env.etcd_pid());
     println!("kube-apiserver-pid={}", env.apiserver_pid());
     println!("logs={}", env.dir().display());
-    println!("# export KUBECONFIG={}   (Ctrl-C stops the control plane)", env.kubeconfig_path().display());
+    println!(
+        "# export KUBECONFIG={}   (Ctrl-C stops the control plane)",
+        env.kubeconfig_path().display()
+    );
     svcplane_runtime::shutdown_signal().await;
     drop(env);
     eprintln!("svcplane-testenv: stopped");

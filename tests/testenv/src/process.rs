@@ -20,7 +20,12 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    pub fn spawn(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Self> {
         let out = File::create(&log).map_err(|source| Error::Io {
             path: log.clone(),
             source,
