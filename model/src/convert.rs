@@ -62,10 +62,17 @@ pub(crate) fn required<'a>(
     }
 }
 
-/// Empty strings in the API mean "unset".
-pub(crate) fn non_empty(value: &Option<String>) -> Option<String> {
-    value
-        .as_deref()
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+/// Converts every item, into a Vec of exactly the right capacity. (Collecting through `Result`
+/// loses the size hint and over-allocates, which every cache would then carry.)
+pub(crate) fn convert_all<S, T>(items: &[S], f: impl FnMut(&S) -> Result<T>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items.iter().map(f) {
+        out.push(item?);
+    }
+    Ok(out)
+}
+
+/// Empty strings in the API mean "unset". Boxed: the model's strings never grow.
+pub(crate) fn boxed(value: &Option<String>) -> Option<Box<str>> {
+    value.as_deref().filter(|v| !v.is_empty()).map(Box::from)
 }

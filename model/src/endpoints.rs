@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use crate::convert::{ip, non_empty, port, required};
+use crate::convert::{boxed, convert_all, ip, port, required};
 use crate::service::Protocol;
 use crate::{
     ANNOTATION_LAST_CHANGE_TRIGGER_TIME, Error, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, ObjectKey,
@@ -20,11 +20,11 @@ pub struct EndpointSlice {
     pub address_type: AddressType,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
-    pub managed_by: Option<String>,
+    pub managed_by: Option<Box<str>>,
     /// Raw `endpoints.kubernetes.io/last-change-trigger-time`, for programming-latency metrics.
-    pub trigger_time: Option<String>,
+    pub trigger_time: Option<Box<str>>,
     /// Lets a controller detect that its own cache is older than what it last wrote.
-    pub resource_version: Option<String>,
+    pub resource_version: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,21 +36,22 @@ pub enum AddressType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPort {
     /// Empty for an unnamed port.
-    pub name: String,
+    pub name: Box<str>,
     pub protocol: Protocol,
     /// `None` means "all ports" upstream; consumers skip such ports.
     pub port: Option<u16>,
-    pub app_protocol: Option<String>,
+    pub app_protocol: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     pub conditions: Conditions,
-    pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    pub hints: Option<Hints>,
+    pub hostname: Option<Box<str>>,
+    pub node_name: Option<Box<str>>,
+    pub zone: Option<Box<str>>,
+    /// Boxed: rare, and two vectors inline would fatten every endpoint.
+    pub hints: Option<Box<Hints>>,
     /// The pod behind this endpoint, when `targetRef` names one.
     pub target_pod: Option<ObjectKey>,
 }
@@ -81,8 +82,8 @@ impl Conditions {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hints {
-    pub for_zones: Vec<String>,
-    pub for_nodes: Vec<String>,
+    pub for_zones: Vec<Box<str>>,
+    pub for_nodes: Vec<Box<str>>,
 }
 
 impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
@@ -105,59 +106,49 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
             "IPv6" => AddressType::V6,
             other => return Err(Error::UnsupportedAddressType(other.to_owned())),
         };
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| {
-                Ok(EndpointPort {
-                    name: p.name.clone().unwrap_or_default(),
-                    protocol: Protocol::parse(KIND, "ports.protocol", p.protocol.as_deref())?,
-                    port: p.port.map(|n| port(KIND, "ports.port", n)).transpose()?,
-                    app_protocol: non_empty(&p.app_protocol),
-                })
+        let ports = convert_all(slice.ports.as_deref().unwrap_or_default(), |p| {
+            Ok(EndpointPort {
+                name: p.name.as_deref().unwrap_or_default().into(),
+                protocol: Protocol::parse(KIND, "ports.protocol", p.protocol.as_deref())?,
+                port: p.port.map(|n| port(KIND, "ports.port", n)).transpose()?,
+                app_protocol: boxed(&p.app_protocol),
             })
-            .collect::<Result<_>>()?;
-        let endpoints = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .map(|e| convert_endpoint(e, address_type))
-            .collect::<Result<_>>()?;
+        })?;
+        let endpoints = convert_all(slice.endpoints.as_deref().unwrap_or_default(), |e| {
+            convert_endpoint(e, address_type)
+        })?;
         Ok(EndpointSlice {
             key: ObjectKey::new(namespace, name),
             service: ObjectKey::new(namespace, service_name.as_str()),
             address_type,
             ports,
             endpoints,
-            managed_by: labels.and_then(|l| l.get(LABEL_MANAGED_BY)).cloned(),
+            managed_by: labels
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .map(|v| v.as_str().into()),
             trigger_time: meta
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME))
-                .cloned(),
-            resource_version: meta.resource_version.clone(),
+                .map(|v| v.as_str().into()),
+            resource_version: boxed(&meta.resource_version),
         })
     }
 }
 
 fn convert_endpoint(e: &discovery::Endpoint, family: AddressType) -> Result<Endpoint> {
-    let addresses = e
-        .addresses
-        .iter()
-        .map(|a| {
-            let addr = ip(KIND, "endpoints.addresses", a)?;
-            // A slice holds one family; an address of the other family is malformed.
-            match (family, addr) {
-                (AddressType::V4, IpAddr::V4(_)) | (AddressType::V6, IpAddr::V6(_)) => Ok(addr),
-                _ => Err(Error::InvalidIp {
-                    kind: KIND,
-                    field: "endpoints.addresses",
-                    value: a.clone(),
-                }),
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let addresses = convert_all(&e.addresses, |a| {
+        let addr = ip(KIND, "endpoints.addresses", a)?;
+        // A slice holds one family; an address of the other family is malformed.
+        match (family, addr) {
+            (AddressType::V4, IpAddr::V4(_)) | (AddressType::V6, IpAddr::V6(_)) => Ok(addr),
+            _ => Err(Error::InvalidIp {
+                kind: KIND,
+                field: "endpoints.addresses",
+                value: a.clone(),
+            }),
+        }
+    })?;
     if addresses.is_empty() {
         return Err(Error::MissingField {
             kind: KIND,
@@ -173,19 +164,21 @@ fn convert_endpoint(e: &discovery::Endpoint, family: AddressType) -> Result<Endp
             terminating: c.terminating,
         })
         .unwrap_or_default();
-    let hints = e.hints.as_ref().map(|h| Hints {
-        for_zones: h
-            .for_zones
-            .iter()
-            .flatten()
-            .map(|z| z.name.clone())
-            .collect(),
-        for_nodes: h
-            .for_nodes
-            .iter()
-            .flatten()
-            .map(|n| n.name.clone())
-            .collect(),
+    let hints = e.hints.as_ref().map(|h| {
+        Box::new(Hints {
+            for_zones: h
+                .for_zones
+                .iter()
+                .flatten()
+                .map(|z| z.name.as_str().into())
+                .collect(),
+            for_nodes: h
+                .for_nodes
+                .iter()
+                .flatten()
+                .map(|n| n.name.as_str().into())
+                .collect(),
+        })
     });
     let target_pod = e
         .target_ref
@@ -195,9 +188,9 @@ fn convert_endpoint(e: &discovery::Endpoint, family: AddressType) -> Result<Endp
     Ok(Endpoint {
         addresses,
         conditions,
-        hostname: non_empty(&e.hostname),
-        node_name: non_empty(&e.node_name),
-        zone: non_empty(&e.zone),
+        hostname: boxed(&e.hostname),
+        node_name: boxed(&e.node_name),
+        zone: boxed(&e.zone),
         hints,
         target_pod,
     })

@@ -13,16 +13,16 @@ pub mod dns;
 mod endpoints;
 mod error;
 mod key;
+mod labels;
 mod pod;
-mod selector;
 mod service;
 pub mod tracker;
 
 pub use endpoints::{AddressType, Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
 pub use error::{Error, Result};
 pub use key::ObjectKey;
+pub use labels::{Labels, Selector};
 pub use pod::{NamedPort, Node, Pod, PodPhase};
-pub use selector::Selector;
 pub use service::{
     ClusterIps, IpFamily, IpFamilyPolicy, Protocol, Service, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,

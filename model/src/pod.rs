@@ -1,18 +1,17 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
 
-use crate::convert::{ip, non_empty, port, required};
+use crate::convert::{boxed, convert_all, ip, port, required};
 use crate::service::{Protocol, ServicePort, TargetPort};
-use crate::{Error, LABEL_TOPOLOGY_ZONE, ObjectKey, Result};
+use crate::{Error, LABEL_TOPOLOGY_ZONE, Labels, ObjectKey, Result};
 
 /// The pod facts the endpoints controller (and `--pods verified` DNS) need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
     pub key: ObjectKey,
-    pub uid: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub uid: Option<Box<str>>,
+    pub labels: Labels,
     /// `status.podIPs`, primary first.
     pub ips: Vec<IpAddr>,
     pub phase: PodPhase,
@@ -20,9 +19,9 @@ pub struct Pod {
     pub ready: bool,
     /// `metadata.deletionTimestamp` is set.
     pub terminating: bool,
-    pub hostname: Option<String>,
-    pub subdomain: Option<String>,
-    pub node_name: Option<String>,
+    pub hostname: Option<Box<str>>,
+    pub subdomain: Option<Box<str>>,
+    pub node_name: Option<Box<str>>,
     /// Named container ports, regular containers first, then sidecars (restartable init
     /// containers), the order upstream searches them in.
     pub named_ports: Vec<NamedPort>,
@@ -39,7 +38,7 @@ pub enum PodPhase {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedPort {
-    pub name: String,
+    pub name: Box<str>,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -79,10 +78,7 @@ impl TryFrom<&core::Pod> for Pod {
         let status = pod.status.as_ref();
 
         let ips = match status.and_then(|s| s.pod_ips.as_ref()) {
-            Some(ips) if !ips.is_empty() => ips
-                .iter()
-                .map(|p| ip(POD, "status.podIPs", &p.ip))
-                .collect::<Result<_>>()?,
+            Some(ips) if !ips.is_empty() => convert_all(ips, |p| ip(POD, "status.podIPs", &p.ip))?,
             _ => status
                 .and_then(|s| s.pod_ip.as_deref())
                 .filter(|v| !v.is_empty())
@@ -126,7 +122,7 @@ impl TryFrom<&core::Pod> for Pod {
             })
             .map(|(name, p)| {
                 Ok(NamedPort {
-                    name: name.to_owned(),
+                    name: name.into(),
                     protocol: Protocol::parse(
                         POD,
                         "spec.containers.ports.protocol",
@@ -139,15 +135,15 @@ impl TryFrom<&core::Pod> for Pod {
 
         Ok(Pod {
             key,
-            uid: non_empty(&meta.uid),
-            labels: meta.labels.clone().unwrap_or_default(),
+            uid: boxed(&meta.uid),
+            labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
             ips,
             phase,
             ready,
             terminating: meta.deletion_timestamp.is_some(),
-            hostname: spec.and_then(|s| non_empty(&s.hostname)),
-            subdomain: spec.and_then(|s| non_empty(&s.subdomain)),
-            node_name: spec.and_then(|s| non_empty(&s.node_name)),
+            hostname: spec.and_then(|s| boxed(&s.hostname)),
+            subdomain: spec.and_then(|s| boxed(&s.subdomain)),
+            node_name: spec.and_then(|s| boxed(&s.node_name)),
             named_ports,
         })
     }
@@ -156,9 +152,9 @@ impl TryFrom<&core::Pod> for Pod {
 /// The node facts endpoint placement and topology hints need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub name: String,
+    pub name: Box<str>,
     /// `topology.kubernetes.io/zone`.
-    pub zone: Option<String>,
+    pub zone: Option<Box<str>>,
     /// InternalIP and ExternalIP addresses, in status order.
     pub addresses: Vec<IpAddr>,
     /// Allocatable CPU in millicores, which weighs zones for topology hints upstream.
@@ -171,14 +167,14 @@ impl TryFrom<&core::Node> for Node {
     type Error = Error;
 
     fn try_from(node: &core::Node) -> Result<Self> {
-        let name = required(NODE, "metadata.name", &node.metadata.name)?.to_owned();
+        let name = required(NODE, "metadata.name", &node.metadata.name)?.into();
         let zone = node
             .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
             .filter(|z| !z.is_empty())
-            .cloned();
+            .map(|z| z.as_str().into());
         let status = node.status.as_ref();
         let addresses = status
             .and_then(|s| s.addresses.as_ref())

@@ -1,13 +1,13 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::convert::{cidr, in_range, ip, non_empty, port, required};
+use crate::convert::{boxed, cidr, convert_all, in_range, ip, port, required};
 use crate::{
-    ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, Error, ObjectKey, Result, Selector,
+    ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, Error, Labels, ObjectKey, Result,
+    Selector,
 };
 
 const KIND: &str = "Service";
@@ -17,9 +17,9 @@ const KIND: &str = "Service";
 pub struct Service {
     pub key: ObjectKey,
     /// Needed for owner references on the objects written for this Service.
-    pub uid: Option<String>,
+    pub uid: Option<Box<str>>,
     /// Copied onto Endpoints by the endpoints controller.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub type_: ServiceType,
     pub cluster_ips: ClusterIps,
     pub ip_families: Vec<IpFamily>,
@@ -27,7 +27,7 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub selector: Option<Selector>,
     /// Only for `ExternalName` Services.
-    pub external_name: Option<String>,
+    pub external_name: Option<Box<str>>,
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`.
     pub load_balancer_ips: Vec<IpAddr>,
@@ -38,9 +38,9 @@ pub struct Service {
     pub health_check_node_port: Option<u16>,
     pub publish_not_ready_addresses: bool,
     /// `spec.trafficDistribution`, e.g. `PreferClose`.
-    pub traffic_distribution: Option<String>,
+    pub traffic_distribution: Option<Box<str>>,
     /// `service.kubernetes.io/topology-mode` (or its deprecated predecessor), e.g. `Auto`.
-    pub topology_mode: Option<String>,
+    pub topology_mode: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,18 +120,18 @@ impl Protocol {
 pub enum TargetPort {
     Number(u16),
     /// A container port name, resolved per pod (see [`crate::Pod::resolve_port`]).
-    Name(String),
+    Name(Box<str>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     /// Empty for the single unnamed port a Service may have.
-    pub name: String,
+    pub name: Box<str>,
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: TargetPort,
     pub node_port: Option<u16>,
-    pub app_protocol: Option<String>,
+    pub app_protocol: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,29 +201,22 @@ impl TryFrom<&core::Service> for Service {
         };
 
         // clusterIPs supersedes clusterIP; older objects may carry only the latter.
-        let raw_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
-            (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-            (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
-            _ => Vec::new(),
+        let raw_ips: &[String] = match (&spec.cluster_ips, &spec.cluster_ip) {
+            (Some(ips), _) if !ips.is_empty() => ips,
+            (_, Some(ip)) if !ip.is_empty() => std::slice::from_ref(ip),
+            _ => &[],
         };
         let cluster_ips = if type_ == ServiceType::ExternalName || raw_ips.is_empty() {
             ClusterIps::Unset
-        } else if raw_ips.first() == Some(&"None") {
+        } else if raw_ips[0] == "None" {
             ClusterIps::Headless
         } else {
-            ClusterIps::Ips(
-                raw_ips
-                    .iter()
-                    .map(|v| ip(KIND, "spec.clusterIPs", v))
-                    .collect::<Result<_>>()?,
-            )
+            ClusterIps::Ips(convert_all(raw_ips, |v| ip(KIND, "spec.clusterIPs", v))?)
         };
 
-        let ip_families = spec
-            .ip_families
-            .iter()
-            .flatten()
-            .map(|f| match f.as_str() {
+        let ip_families = convert_all(
+            spec.ip_families.as_deref().unwrap_or_default(),
+            |f| match f.as_str() {
                 "IPv4" => Ok(IpFamily::V4),
                 "IPv6" => Ok(IpFamily::V6),
                 other => Err(Error::UnknownValue {
@@ -231,8 +224,8 @@ impl TryFrom<&core::Service> for Service {
                     field: "spec.ipFamilies",
                     value: other.to_owned(),
                 }),
-            })
-            .collect::<Result<_>>()?;
+            },
+        )?;
         let ip_family_policy = match spec.ip_family_policy.as_deref() {
             None | Some("") => None,
             Some("SingleStack") => Some(IpFamilyPolicy::SingleStack),
@@ -247,29 +240,24 @@ impl TryFrom<&core::Service> for Service {
             }
         };
 
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .map(convert_port)
-            .collect::<Result<_>>()?;
-
-        let selector = spec.selector.clone().and_then(Selector::from_map);
+        let ports = convert_all(spec.ports.as_deref().unwrap_or_default(), convert_port)?;
+        let selector = spec
+            .selector
+            .as_ref()
+            .map(Labels::from)
+            .and_then(Selector::new);
         let external_name = if type_ == ServiceType::ExternalName {
             Some(
                 required(KIND, "spec.externalName", &spec.external_name)?
                     .trim_end_matches('.')
-                    .to_owned(),
+                    .into(),
             )
         } else {
             None
         };
-        let external_ips = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .map(|v| ip(KIND, "spec.externalIPs", v))
-            .collect::<Result<_>>()?;
+        let external_ips = convert_all(spec.external_ips.as_deref().unwrap_or_default(), |v| {
+            ip(KIND, "spec.externalIPs", v)
+        })?;
         let load_balancer_ips = svc
             .status
             .as_ref()
@@ -279,13 +267,13 @@ impl TryFrom<&core::Service> for Service {
             .flatten()
             .filter_map(|ing| ing.ip.as_deref().filter(|v| !v.is_empty()))
             .map(|v| ip(KIND, "status.loadBalancer.ingress.ip", v))
-            .collect::<Result<_>>()?;
-        let load_balancer_source_ranges = spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .map(|v| cidr(KIND, "spec.loadBalancerSourceRanges", v))
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        let load_balancer_source_ranges = convert_all(
+            spec.load_balancer_source_ranges
+                .as_deref()
+                .unwrap_or_default(),
+            |v| cidr(KIND, "spec.loadBalancerSourceRanges", v),
+        )?;
 
         let session_affinity = match spec.session_affinity.as_deref() {
             None | Some("") | Some("None") => SessionAffinity::None,
@@ -323,12 +311,12 @@ impl TryFrom<&core::Service> for Service {
                     .or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
             })
             .filter(|v| !v.is_empty())
-            .cloned();
+            .map(|v| v.as_str().into());
 
         Ok(Service {
             key,
-            uid: non_empty(&meta.uid),
-            labels: meta.labels.clone().unwrap_or_default(),
+            uid: boxed(&meta.uid),
+            labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
             type_,
             cluster_ips,
             ip_families,
@@ -354,7 +342,7 @@ impl TryFrom<&core::Service> for Service {
                 .map(|p| port(KIND, "spec.healthCheckNodePort", p))
                 .transpose()?,
             publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
-            traffic_distribution: non_empty(&spec.traffic_distribution),
+            traffic_distribution: boxed(&spec.traffic_distribution),
             topology_mode,
         })
     }
@@ -380,10 +368,10 @@ fn convert_port(p: &core::ServicePort) -> Result<ServicePort> {
         Some(IntOrString::Int(n)) => TargetPort::Number(port(KIND, "spec.ports.targetPort", *n)?),
         Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(number),
         // Upstream never reads a string targetPort as a number, even one of digits.
-        Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
+        Some(IntOrString::String(s)) => TargetPort::Name(s.as_str().into()),
     };
     Ok(ServicePort {
-        name: p.name.clone().unwrap_or_default(),
+        name: p.name.as_deref().unwrap_or_default().into(),
         protocol: Protocol::parse(KIND, "spec.ports.protocol", p.protocol.as_deref())?,
         port: number,
         target_port,
@@ -392,7 +380,7 @@ fn convert_port(p: &core::ServicePort) -> Result<ServicePort> {
             .filter(|n| *n != 0)
             .map(|n| port(KIND, "spec.ports.nodePort", n))
             .transpose()?,
-        app_protocol: non_empty(&p.app_protocol),
+        app_protocol: boxed(&p.app_protocol),
     })
 }
 

@@ -164,12 +164,12 @@ impl EndpointsTracker {
                 self.previous.insert(svc.clone(), snapshot);
             }
         }
-        if let Some(old) = old_service {
-            if let Some(set) = self.by_service.get_mut(&old) {
-                set.remove(&slice_key);
-                if set.is_empty() {
-                    self.by_service.remove(&old);
-                }
+        if let Some(old) = old_service
+            && let Some(set) = self.by_service.get_mut(&old)
+        {
+            set.remove(&slice_key);
+            if set.is_empty() {
+                self.by_service.remove(&old);
             }
         }
         match slice {

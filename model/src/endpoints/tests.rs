@@ -98,10 +98,10 @@ fn converts_every_field() {
     assert_eq!(e.zone.as_deref(), Some("zone-1"));
     assert_eq!(
         e.hints,
-        Some(Hints {
+        Some(Box::new(Hints {
             for_zones: vec!["zone-1".into()],
             for_nodes: vec![]
-        })
+        }))
     );
     assert_eq!(e.target_pod, Some(ObjectKey::new("shop", "web-0")));
 }

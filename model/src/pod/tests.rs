@@ -90,7 +90,7 @@ fn converts_every_field() {
     let pod = Pod::try_from(&raw_pod()).expect("valid");
     assert_eq!(pod.key, ObjectKey::new("shop", "web-0"));
     assert_eq!(pod.uid.as_deref(), Some("p-1"));
-    assert_eq!(pod.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(pod.labels.get("app"), Some("web"));
     assert_eq!(
         pod.ips,
         vec![
@@ -105,7 +105,7 @@ fn converts_every_field() {
     assert_eq!(pod.hostname.as_deref(), Some("web-0"));
     assert_eq!(pod.subdomain.as_deref(), Some("web"));
     assert_eq!(pod.node_name.as_deref(), Some("node-a"));
-    let names: Vec<_> = pod.named_ports.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<_> = pod.named_ports.iter().map(|p| &*p.name).collect();
     assert_eq!(
         names,
         ["http", "dns", "metrics"],
@@ -199,7 +199,7 @@ fn nodes_convert() {
         ..Default::default()
     };
     let node = Node::try_from(&raw).expect("valid");
-    assert_eq!(node.name, "node-a");
+    assert_eq!(&*node.name, "node-a");
     assert_eq!(node.zone.as_deref(), Some("zone-1"));
     assert_eq!(
         node.addresses,

@@ -33,7 +33,7 @@ fn slice(name: &str, service: &str, ips: &[&str], ready: bool) -> Arc<EndpointSl
 }
 
 fn keys<V>(changes: &[Change<ObjectKey, V>]) -> Vec<String> {
-    let mut k: Vec<_> = changes.iter().map(|c| c.key.name.clone()).collect();
+    let mut k: Vec<_> = changes.iter().map(|c| c.key.name.to_string()).collect();
     k.sort();
     k
 }
@@ -42,7 +42,8 @@ fn keys<V>(changes: &[Change<ObjectKey, V>]) -> Vec<String> {
 fn generic_tracker_table() {
     // (steps applied since the last drain, expected (previous, current) or no change)
     type Step = (&'static str, Option<u32>);
-    let cases: &[(&[Step], Option<(Option<u32>, Option<u32>)>)] = &[
+    type Expected = Option<(Option<u32>, Option<u32>)>;
+    let cases: &[(&[Step], Expected)] = &[
         (&[("a", Some(1))], Some((None, Some(1)))),
         (&[("a", Some(1)), ("a", None)], None),
         (&[("a", Some(1)), ("a", Some(2))], Some((None, Some(2)))),

@@ -75,8 +75,8 @@ async fn cluster_ip_service_gets_an_address_and_converts() {
     );
     let expected = model::Service {
         key: model::ObjectKey::new("default", "web"),
-        uid: stored.metadata.uid.clone(),
-        labels: BTreeMap::from([("team".into(), "shop".into())]),
+        uid: stored.metadata.uid.as_deref().map(Into::into),
+        labels: [("team", "shop")].into_iter().collect(),
         type_: model::ServiceType::ClusterIp,
         cluster_ips: model::ClusterIps::Ips(vec![ip]),
         ip_families: vec![model::IpFamily::V4],
@@ -99,7 +99,7 @@ async fn cluster_ip_service_gets_an_address_and_converts() {
                 app_protocol: None,
             },
         ],
-        selector: model::Selector::from_map(BTreeMap::from([("app".into(), "web".into())])),
+        selector: model::Selector::new([("app", "web")].into_iter().collect()),
         external_name: None,
         external_ips: vec![],
         load_balancer_ips: vec![],
@@ -158,8 +158,8 @@ async fn node_port_service_gets_a_node_port_and_converts() {
     assert!(net("10.96.0.0/16").contains(&ip));
     let expected = model::Service {
         key: model::ObjectKey::new("default", "edge"),
-        uid: stored.metadata.uid.clone(),
-        labels: BTreeMap::from([("team".into(), "shop".into())]),
+        uid: stored.metadata.uid.as_deref().map(Into::into),
+        labels: [("team", "shop")].into_iter().collect(),
         type_: model::ServiceType::NodePort,
         cluster_ips: model::ClusterIps::Ips(vec![ip]),
         ip_families: vec![model::IpFamily::V4],
@@ -182,7 +182,7 @@ async fn node_port_service_gets_a_node_port_and_converts() {
                 app_protocol: None,
             },
         ],
-        selector: model::Selector::from_map(BTreeMap::from([("app".into(), "edge".into())])),
+        selector: model::Selector::new([("app", "edge")].into_iter().collect()),
         external_name: None,
         external_ips: vec!["192.0.2.10".parse().expect("ip")],
         load_balancer_ips: vec![],
@@ -245,12 +245,11 @@ async fn nodes_and_pods_take_the_kubelets_part() {
         pod,
         model::Pod {
             key: model::ObjectKey::new("shop", "web-0"),
-            uid: stored.metadata.uid.clone(),
+            uid: stored.metadata.uid.as_deref().map(Into::into),
             // The PodTopologyLabels admission plugin copies the node's zone onto bound pods.
-            labels: BTreeMap::from([
-                ("app".into(), "web".into()),
-                ("topology.kubernetes.io/zone".into(), "zone-1".into()),
-            ]),
+            labels: [("app", "web"), ("topology.kubernetes.io/zone", "zone-1")]
+                .into_iter()
+                .collect(),
             ips: vec![pod_ip],
             phase: model::PodPhase::Running,
             ready: true,
