@@ -17,6 +17,7 @@ use crate::{Binaries, Error, Result, ensure_binaries};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to start a control plane.
 #[derive(Debug, Clone)]
@@ -237,20 +238,21 @@ impl TestEnv {
         loop {
             self.apiserver.check_running()?;
             self.etcd.check_running()?;
-            let ready = client
-                .request_text(
-                    http::Request::get("/readyz")
-                        .body(Vec::new())
-                        .map_err(|e| Error::Precondition(e.to_string()))?,
-                )
-                .await
-                .is_ok_and(|body| body.trim() == "ok");
-            if ready
-                && Api::<Namespace>::all(client.clone())
-                    .get_opt("default")
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| Error::Precondition(e.to_string()))?;
+            // Each probe is bounded: a stalled request must not outlive the deadline.
+            let probe = async {
+                client
+                    .request_text(request)
                     .await
-                    .is_ok_and(|ns| ns.is_some())
-            {
+                    .is_ok_and(|body| body.trim() == "ok")
+                    && Api::<Namespace>::all(client.clone())
+                        .get_opt("default")
+                        .await
+                        .is_ok_and(|ns| ns.is_some())
+            };
+            if tokio::time::timeout(PROBE_TIMEOUT, probe).await == Ok(true) {
                 return Ok(());
             }
             if Instant::now() > deadline {
