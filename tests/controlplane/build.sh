@@ -40,7 +40,7 @@ build() { # name, module dir, package
     [ -x "$out/$name" ] && return 0
     echo "build.sh: building $name (k8s $k8s_version, etcd $etcd_version) into $out" >&2
     local start=$SECONDS
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
+    (cd "$dir" && go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
     mv "$out/.$name.tmp" "$out/$name"
     echo "build.sh: built $name in $((SECONDS - start))s" >&2
 }
