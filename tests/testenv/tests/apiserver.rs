@@ -459,3 +459,35 @@ async fn a_failed_start_reports_and_keeps_the_logs() {
     assert!(dir.join("etcd.log").exists());
     std::fs::remove_dir_all(dir).expect("clean up the kept directory");
 }
+
+#[tokio::test]
+async fn runtime_client_flags_reach_the_api_through_the_rate_limiter() {
+    let env = TestEnv::start().await.expect("control plane");
+    let args = svcplane_runtime::ClientArgs {
+        kubeconfig: Some(env.kubeconfig_path().to_owned()),
+        kube_api_qps: 50.0,
+        kube_api_burst: 5,
+    };
+    let client = args.client().await.expect("client from --kubeconfig");
+    let namespaces: Api<Namespace> = Api::all(client);
+    // More requests than the burst: the limiter makes them wait, never fail.
+    for _ in 0..12 {
+        let list = namespaces.list(&ListParams::default()).await.expect("list");
+        assert!(
+            list.items
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some("default"))
+        );
+    }
+    let missing = svcplane_runtime::ClientArgs {
+        kubeconfig: Some(env.dir().join("no-such-kubeconfig")),
+        ..args
+    };
+    let Err(err) = missing.client().await else {
+        panic!("a missing kubeconfig is an error");
+    };
+    assert!(
+        matches!(err, svcplane_runtime::Error::KubeconfigRead { .. }),
+        "{err}"
+    );
+}
