@@ -67,17 +67,8 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> ChangeTracker<K, V> {
     /// objects deleted while the watch was down still show up as deletions.
     pub fn resync(&mut self, items: impl IntoIterator<Item = (K, V)>) {
         let fresh: HashMap<K, V> = items.into_iter().collect();
-        let gone: Vec<K> = self
-            .current
-            .keys()
-            .filter(|k| !fresh.contains_key(k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.apply(key, None);
-        }
-        for (key, value) in fresh {
-            self.apply(key, Some(value));
+        for (key, value) in relist(self.current.keys().cloned(), fresh) {
+            self.apply(key, value);
         }
     }
 
@@ -113,6 +104,20 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> ChangeTracker<K, V> {
             })
             .collect()
     }
+}
+
+/// The updates a re-list amounts to: a removal for every known key missing from `fresh`, then
+/// every fresh value. Unchanged values cancel out in the trackers' `apply`.
+fn relist<K: Eq + Hash + Clone, V>(
+    known: impl Iterator<Item = K>,
+    mut fresh: HashMap<K, V>,
+) -> Vec<(K, Option<V>)> {
+    let mut updates: Vec<(K, Option<V>)> = known
+        .filter(|k| !fresh.contains_key(k))
+        .map(|k| (k, None))
+        .collect();
+    updates.extend(fresh.drain().map(|(k, v)| (k, Some(v))));
+    updates
 }
 
 /// All EndpointSlices of one Service, ordered by slice name.
@@ -190,17 +195,8 @@ impl EndpointsTracker {
     pub fn resync(&mut self, items: impl IntoIterator<Item = Arc<EndpointSlice>>) {
         let fresh: HashMap<ObjectKey, Arc<EndpointSlice>> =
             items.into_iter().map(|s| (s.key.clone(), s)).collect();
-        let gone: Vec<ObjectKey> = self
-            .slices
-            .keys()
-            .filter(|k| !fresh.contains_key(k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.apply(key, None);
-        }
-        for (key, slice) in fresh {
-            self.apply(key, Some(slice));
+        for (key, slice) in relist(self.slices.keys().cloned(), fresh) {
+            self.apply(key, slice);
         }
     }
 
