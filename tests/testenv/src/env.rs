@@ -89,9 +89,13 @@ impl TestEnv {
         let mut attempt = 1;
         loop {
             match Self::try_start(&binaries, &options).await {
-                Err(Error::ExitedEarly { tail, .. })
+                Err(Error::ExitedEarly { tail, log, .. })
                     if attempt < 3 && tail.contains("address already in use") =>
                 {
+                    // The retry's logs are the ones that matter; drop this attempt's directory.
+                    if let Some(dir) = log.parent() {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                     attempt += 1;
                 }
                 other => return other,
