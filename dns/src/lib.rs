@@ -1,0 +1,18 @@
+//! svcplane-dns: cluster DNS for Services and pods, a drop-in for CoreDNS's `kubernetes` plugin.
+//!
+//! The core is pure: [`Index`] holds what the cluster zone answers from, updated incrementally
+//! from the model's change trackers, and [`answer`] turns a question into records and an rcode
+//! with no I/O. The behaviour follows the Kubernetes DNS-Based Service Discovery specification,
+//! and CoreDNS where the specification is silent (see `docs/upstream/coredns-kubernetes.md`).
+//!
+//! Work in progress: the network server (UDP/TCP, EDNS, forwarding, cache), the watches feeding
+//! the index and the binary are still to come. This crate must never call the API on the query
+//! path.
+
+mod answer;
+mod index;
+mod name;
+
+pub use answer::{Answer, Config, PodMode, QType, Rcode, Rdata, Record, answer};
+pub use index::Index;
+pub use name::{QueryName, parse};
