@@ -133,15 +133,7 @@ pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answ
         _ => {}
     }
     if matches!(qtype, QType::Axfr | QType::Ixfr) {
-        return Answer {
-            rcode: Rcode::Refused,
-            answers: vec![],
-            additionals: vec![],
-            authority: None,
-            authoritative: false,
-            forward: false,
-            chase: None,
-        };
+        return Answer::empty(Rcode::Refused);
     }
     let lookup = lookup(index, config, &owner, &name, qtype, 0);
     let soa = || Some(soa_record(config));
@@ -164,15 +156,24 @@ pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answ
     }
 }
 
+impl Answer {
+    fn empty(rcode: Rcode) -> Self {
+        Answer {
+            rcode,
+            answers: vec![],
+            additionals: vec![],
+            authority: None,
+            authoritative: false,
+            forward: false,
+            chase: None,
+        }
+    }
+}
+
 fn forward() -> Answer {
     Answer {
-        rcode: Rcode::NoError,
-        answers: vec![],
-        additionals: vec![],
-        authority: None,
-        authoritative: false,
         forward: true,
-        chase: None,
+        ..Answer::empty(Rcode::NoError)
     }
 }
 
@@ -592,7 +593,6 @@ fn reverse(index: &Index, config: &Config, owner: &str, ip: IpAddr, qtype: QType
         return forward();
     }
     Answer {
-        rcode: Rcode::NoError,
         answers: targets
             .into_iter()
             .map(|t| Record {
@@ -601,11 +601,8 @@ fn reverse(index: &Index, config: &Config, owner: &str, ip: IpAddr, qtype: QType
                 data: Rdata::Ptr(t),
             })
             .collect(),
-        additionals: vec![],
-        authority: None,
         authoritative: true,
-        forward: false,
-        chase: None,
+        ..Answer::empty(Rcode::NoError)
     }
 }
 

@@ -12,10 +12,12 @@ use svcplane_model::{Endpoint, ObjectKey, Service};
 /// reverse maps PTR answers need. Each `apply_*` touches only the one object it is given.
 #[derive(Debug, Default)]
 pub struct Index {
-    services: HashMap<ObjectKey, Arc<Service>>,
+    /// namespace → name → Service: looked up by `&str` on every query, without allocating.
+    services: HashMap<Box<str>, HashMap<Box<str>, Arc<Service>>>,
     endpoints: HashMap<ObjectKey, ServiceEndpoints>,
     namespaces: HashSet<Box<str>>,
-    pods: HashSet<(Box<str>, IpAddr)>,
+    /// Pod IP → namespaces with a pod of that IP (`--pods verified`).
+    pods: HashMap<IpAddr, HashSet<Box<str>>>,
     /// Cluster IP → its Service.
     cluster_ips: HashMap<IpAddr, ObjectKey>,
     /// Ready endpoint IP → (Service, endpoint label) for every Service it backs.
@@ -50,22 +52,29 @@ impl Index {
 
     /// Sets or removes a Service.
     pub fn apply_service(&mut self, key: ObjectKey, service: Option<Arc<Service>>) {
-        if let Some(old) = self.services.get(&key) {
-            for ip in old.cluster_ips() {
-                if self.cluster_ips.get(ip) == Some(&key) {
-                    self.cluster_ips.remove(ip);
-                }
-            }
-        }
-        match service {
+        let in_namespace = self.services.entry(key.namespace.clone()).or_default();
+        let old = match service {
             Some(svc) => {
                 for ip in svc.cluster_ips() {
                     self.cluster_ips.insert(*ip, key.clone());
                 }
-                self.services.insert(key, svc);
+                in_namespace
+                    .insert(key.name.clone(), svc.clone())
+                    .filter(|old| !Arc::ptr_eq(old, &svc))
+                    .map(|old| (old, Some(svc)))
             }
-            None => {
-                self.services.remove(&key);
+            None => in_namespace.remove(&key.name).map(|old| (old, None)),
+        };
+        if in_namespace.is_empty() {
+            self.services.remove(&key.namespace);
+        }
+        // Drop the reverse entries of addresses the Service no longer holds.
+        if let Some((old, new)) = old {
+            for ip in old.cluster_ips() {
+                let kept = new.as_ref().is_some_and(|n| n.cluster_ips().contains(ip));
+                if !kept && self.cluster_ips.get(ip) == Some(&key) {
+                    self.cluster_ips.remove(ip);
+                }
             }
         }
     }
@@ -104,11 +113,13 @@ impl Index {
 
     /// Records (or forgets) that a pod in `namespace` has `ip`, for `--pods verified`.
     pub fn apply_pod_ip(&mut self, namespace: &str, ip: IpAddr, exists: bool) {
-        let entry = (Box::from(namespace), ip);
         if exists {
-            self.pods.insert(entry);
-        } else {
-            self.pods.remove(&entry);
+            self.pods.entry(ip).or_default().insert(namespace.into());
+        } else if let Some(namespaces) = self.pods.get_mut(&ip) {
+            namespaces.remove(namespace);
+            if namespaces.is_empty() {
+                self.pods.remove(&ip);
+            }
         }
     }
 
@@ -122,7 +133,7 @@ impl Index {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.services.get(&ObjectKey::new(namespace, name))
+        self.services.get(namespace)?.get(name)
     }
 
     pub fn endpoints(&self, key: &ObjectKey) -> Option<&ServiceEndpoints> {
@@ -134,7 +145,7 @@ impl Index {
     }
 
     pub fn has_pod(&self, namespace: &str, ip: IpAddr) -> bool {
-        self.pods.contains(&(Box::from(namespace), ip))
+        self.pods.get(&ip).is_some_and(|ns| ns.contains(namespace))
     }
 
     pub fn service_of_cluster_ip(&self, ip: &IpAddr) -> Option<&ObjectKey> {

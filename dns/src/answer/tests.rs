@@ -554,13 +554,26 @@ fn updates_apply_incrementally() {
         ["db.shop.svc.cluster.local. 5 A 10.244.1.6"]
     );
     assert!(answer(&index, &cfg, "5.1.244.10.in-addr.arpa.", QType::Ptr).forward);
+    // A Service whose address changes answers PTR for the new address only.
+    let moved = service(
+        "shop",
+        "web",
+        ClusterIps::Ips(vec![ip("10.96.0.21")]),
+        vec![port("http", Protocol::Tcp, 80)],
+    );
+    index.apply_service(moved.key.clone(), Some(Arc::new(moved)));
+    assert!(answer(&index, &cfg, "20.0.96.10.in-addr.arpa.", QType::Ptr).forward);
+    assert_eq!(
+        lines(&answer(&index, &cfg, "21.0.96.10.in-addr.arpa.", QType::Ptr).answers),
+        ["21.0.96.10.in-addr.arpa. 5 PTR web.shop.svc.cluster.local."]
+    );
     // A deleted Service is gone, and so is its reverse name.
     index.apply_service(ObjectKey::new("shop", "web"), None);
     assert_eq!(
         answer(&index, &cfg, "web.shop.svc.cluster.local.", QType::A).rcode,
         NX
     );
-    assert!(answer(&index, &cfg, "20.0.96.10.in-addr.arpa.", QType::Ptr).forward);
+    assert!(answer(&index, &cfg, "21.0.96.10.in-addr.arpa.", QType::Ptr).forward);
     // A changed ExternalName answers with its new target.
     index.apply_service(
         ObjectKey::new("shop", "ext"),
