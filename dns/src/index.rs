@@ -1,8 +1,9 @@
 //! What the cluster zone answers from, updated one change at a time.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use imbl::{HashMap, HashSet};
 
 use svcplane_model::dns::dashed_ip;
 use svcplane_model::tracker::ServiceEndpoints;
@@ -10,7 +11,11 @@ use svcplane_model::{Endpoint, ObjectKey, Service};
 
 /// Services, their ready endpoints, namespaces and (for `--pods verified`) pod IPs, with the
 /// reverse maps PTR answers need. Each `apply_*` touches only the one object it is given.
-#[derive(Debug, Default)]
+///
+/// The tables are persistent maps: a clone shares everything and costs O(1), and an update
+/// copies only the path it changes. A writer clones the published index, applies a batch and
+/// publishes the result, while readers keep answering from the version they hold, lock-free.
+#[derive(Debug, Default, Clone)]
 pub struct Index {
     /// namespace → name → Service: looked up by `&str` on every query, without allocating.
     services: HashMap<Box<str>, HashMap<Box<str>, Arc<Service>>>,

@@ -5,13 +5,15 @@
 //! with no I/O. The behaviour follows the Kubernetes DNS-Based Service Discovery specification,
 //! and CoreDNS where the specification is silent (see `docs/upstream/coredns-kubernetes.md`).
 //!
-//! Work in progress: the network server (UDP/TCP, EDNS, forwarding, cache), the watches feeding
-//! the index and the binary are still to come. This crate must never call the API on the query
+//! [`server`] puts it on the wire (UDP and TCP, EDNS sizes, BADVERS, FORMERR) with hickory.
+//! Work in progress: forwarding and its cache, the watches feeding the index, metrics and the
+//! binary are still to come. This crate must never call the API on the query
 //! path.
 
 mod answer;
 mod index;
 mod name;
+pub mod server;
 
 pub use answer::{Answer, Config, PodMode, QType, Rcode, Rdata, Record, answer};
 pub use index::Index;

@@ -1,0 +1,313 @@
+//! The DNS wire side: a hickory `RequestHandler` that answers from the published [`Index`],
+//! and the UDP/TCP listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record as WireRecord, RecordType};
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::{Config, Index, QType, Rcode, Rdata, Record, answer};
+
+/// The EDNS version this server speaks; higher versions get BADVERS (RFC 6891).
+const EDNS_VERSION: u8 = 0;
+/// An idle TCP connection is closed after this long.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+const TCP_RESPONSE_BUFFER: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving DNS")]
+    Serve(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Answers cluster names from whatever index is published in `index` when a query arrives.
+#[derive(Debug, Clone)]
+pub struct Handler {
+    index: Arc<ArcSwap<Index>>,
+    config: Arc<Config>,
+}
+
+impl Handler {
+    pub fn new(index: Arc<ArcSwap<Index>>, config: Arc<Config>) -> Self {
+        Self { index, config }
+    }
+}
+
+fn qtype(t: RecordType) -> QType {
+    match t {
+        RecordType::A => QType::A,
+        RecordType::AAAA => QType::Aaaa,
+        RecordType::SRV => QType::Srv,
+        RecordType::PTR => QType::Ptr,
+        RecordType::TXT => QType::Txt,
+        RecordType::CNAME => QType::Cname,
+        RecordType::SOA => QType::Soa,
+        RecordType::NS => QType::Ns,
+        RecordType::AXFR => QType::Axfr,
+        RecordType::IXFR => QType::Ixfr,
+        other => QType::Other(u16::from(other)),
+    }
+}
+
+fn rcode(r: Rcode) -> ResponseCode {
+    match r {
+        Rcode::NoError => ResponseCode::NoError,
+        Rcode::NxDomain => ResponseCode::NXDomain,
+        Rcode::ServFail => ResponseCode::ServFail,
+        Rcode::Refused => ResponseCode::Refused,
+    }
+}
+
+/// Encodes a model record; `None` (logged) for a name that is not a valid DNS name, which can
+/// only come from object data, e.g. an over-long ExternalName.
+fn wire(record: &Record) -> Option<WireRecord> {
+    let name = |n: &str| Name::from_ascii(n).ok();
+    let data = match &record.data {
+        Rdata::A(ip) => RData::A(A(*ip)),
+        Rdata::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        Rdata::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => RData::SRV(SRV::new(*priority, *weight, *port, name(target)?)),
+        Rdata::Ptr(t) => RData::PTR(PTR(name(t)?)),
+        Rdata::Cname(t) => RData::CNAME(CNAME(name(t)?)),
+        Rdata::Ns(t) => RData::NS(NS(name(t)?)),
+        Rdata::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
+        Rdata::Soa {
+            mname,
+            rname,
+            serial,
+            refresh,
+            retry,
+            expire,
+            minimum,
+        } => RData::SOA(SOA::new(
+            name(mname)?,
+            name(rname)?,
+            *serial,
+            *refresh as i32,
+            *retry as i32,
+            *expire as i32,
+            *minimum,
+        )),
+    };
+    match name(&record.name) {
+        Some(owner) => Some(WireRecord::from_rdata(owner, record.ttl, data)),
+        None => {
+            tracing::warn!(name = %record.name, "skipping a record whose name is not a valid DNS name");
+            None
+        }
+    }
+}
+
+fn wire_all(records: &[Record]) -> Vec<WireRecord> {
+    records.iter().filter_map(wire).collect()
+}
+
+/// What the server reports when a response could not be sent.
+fn failed(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+async fn send_error<R: ResponseHandler>(
+    request: &Request,
+    code: ResponseCode,
+    edns: Option<&Edns>,
+    mut handle: R,
+) -> ResponseInfo {
+    let mut edns = edns.cloned();
+    if let Some(e) = edns.as_mut() {
+        e.set_rcode_high(code.high());
+    }
+    let response = MessageResponseBuilder::new(&request.queries, edns.as_ref())
+        .error_msg(&request.metadata, code);
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, "sending an error response failed");
+            failed(request)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut handle: R,
+    ) -> ResponseInfo {
+        let response_edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().max(512));
+            edns.set_version(EDNS_VERSION);
+            edns
+        });
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.version() > EDNS_VERSION)
+        {
+            return send_error(
+                request,
+                ResponseCode::BADVERS,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        }
+        if request.metadata.message_type != MessageType::Query {
+            return send_error(
+                request,
+                ResponseCode::FormErr,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return send_error(
+                request,
+                ResponseCode::NotImp,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        }
+        // Exactly one question, as every resolver sends; anything else is malformed.
+        let Ok(info) = request.request_info() else {
+            return send_error(
+                request,
+                ResponseCode::FormErr,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        };
+        if info.query.query_class() != DNSClass::IN {
+            return send_error(
+                request,
+                ResponseCode::Refused,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        }
+        let qname = info.query.original().name().to_ascii();
+        let index = self.index.load();
+        let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
+        if result.forward {
+            // Forwarding is not built yet: names outside the cluster zone are refused.
+            return send_error(
+                request,
+                ResponseCode::Refused,
+                response_edns.as_ref(),
+                handle,
+            )
+            .await;
+        }
+        let answers = wire_all(&result.answers);
+        let additionals = wire_all(&result.additionals);
+        let soa: Vec<WireRecord> = result.authority.iter().filter_map(wire).collect();
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = result.authoritative;
+        metadata.response_code = rcode(result.rcode);
+        let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+            metadata,
+            answers.iter(),
+            std::iter::empty(),
+            soa.iter(),
+            additionals.iter(),
+        );
+        match handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "sending a response failed");
+                failed(request)
+            }
+        }
+    }
+}
+
+/// A DNS server listening on UDP and TCP at each address.
+pub struct DnsServer {
+    server: Server<Handler>,
+    local: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on every address (port 0 picks one port per address, shared by both).
+    pub async fn bind(addrs: &[SocketAddr], handler: Handler) -> Result<Self, Error> {
+        let mut server = Server::new(handler);
+        let mut local = Vec::new();
+        for addr in addrs {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            let bound = tcp.local_addr().map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let udp = UdpSocket::bind(bound).await.map_err(|source| Error::Bind {
+                addr: bound,
+                source,
+            })?;
+            server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
+            server.register_socket(udp);
+            local.push(bound);
+        }
+        Ok(Self { server, local })
+    }
+
+    /// The addresses bound, with the ports picked.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// Serves until the server fails or `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        tokio::select! {
+            done = self.server.block_until_done() => done.map_err(|e| Error::Serve(e.into())),
+            _ = shutdown => {
+                self.server.shutdown_gracefully().await.map_err(|e| Error::Serve(e.into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The server on loopback, asked by real `dig` over UDP and TCP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use svcplane_dns::server::{DnsServer, Handler};
+use svcplane_dns::{Config, Index, PodMode};
+use svcplane_model::tracker::ServiceEndpoints;
+use svcplane_model::{
+    AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, ObjectKey,
+    Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn service(name: &str, ips: ClusterIps) -> Service {
+    Service {
+        key: ObjectKey::new("shop", name),
+        uid: None,
+        labels: Default::default(),
+        type_: ServiceType::ClusterIp,
+        cluster_ips: ips,
+        ip_families: vec![],
+        ip_family_policy: None,
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+            app_protocol: None,
+        }],
+        selector: None,
+        external_name: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        publish_not_ready_addresses: false,
+        traffic_distribution: None,
+        topology_mode: None,
+    }
+}
+
+/// `web` (ClusterIP 10.96.0.20) and `big`, headless with 100 ready endpoints: more than a
+/// 512-byte UDP answer holds.
+fn index() -> Index {
+    let mut index = Index::new();
+    index.apply_namespace("shop", true);
+    let web = service(
+        "web",
+        ClusterIps::Ips(vec!["10.96.0.20".parse().expect("ip")]),
+    );
+    index.apply_service(web.key.clone(), Some(Arc::new(web)));
+    let big = service("big", ClusterIps::Headless);
+    index.apply_service(big.key.clone(), Some(Arc::new(big)));
+    let endpoints = (0..100)
+        .map(|i| Endpoint {
+            addresses: vec![IpAddr::from([10, 244, 7, i as u8])],
+            conditions: Conditions::default(),
+            hostname: None,
+            node_name: None,
+            zone: None,
+            hints: None,
+            target_pod: None,
+        })
+        .collect();
+    let slice = EndpointSlice {
+        key: ObjectKey::new("shop", "big-x1"),
+        service: ObjectKey::new("shop", "big"),
+        address_type: AddressType::V4,
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: Some(8080),
+            app_protocol: None,
+        }],
+        endpoints,
+        managed_by: None,
+        trigger_time: None,
+        resource_version: None,
+    };
+    index.apply_endpoints(
+        ObjectKey::new("shop", "big"),
+        Some(ServiceEndpoints {
+            slices: vec![Arc::new(slice)],
+        }),
+    );
+    index.set_synced();
+    index
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start() -> Running {
+    let config = Config {
+        zone: "cluster.local".into(),
+        ttl: 5,
+        pods: PodMode::Insecure,
+        nameserver: ObjectKey::new("kube-system", "kube-dns"),
+        serial: 1,
+    };
+    let handler = Handler::new(Arc::new(ArcSwap::from_pointee(index())), Arc::new(config));
+    let server = DnsServer::bind(&["127.0.0.1:0".parse().expect("addr")], handler)
+        .await
+        .expect("bind");
+    let addr = server.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server ran");
+    });
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+/// Runs dig (one try, two seconds) and returns its output.
+async fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let mut cmd = Command::new("dig");
+    cmd.arg(format!("@{}", addr.ip()))
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["+time=2", "+tries=1"])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("dig is installed (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flags(out: &str) -> String {
+    out.lines()
+        .find(|l| l.contains(";; flags:"))
+        .map(|l| l.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_over_udp_and_tcp() {
+    let server = start().await;
+    let a = server.addr;
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(a, &[transport, "+short", "web.shop.svc.cluster.local", "A"]).await;
+        assert_eq!(out.trim(), "10.96.0.20", "{transport}");
+        let out = dig(
+            a,
+            &[
+                transport,
+                "+short",
+                "_http._tcp.web.shop.svc.cluster.local",
+                "SRV",
+            ],
+        )
+        .await;
+        assert_eq!(
+            out.trim(),
+            "0 100 80 web.shop.svc.cluster.local.",
+            "{transport}"
+        );
+        let out = dig(a, &[transport, "+short", "-x", "10.96.0.20"]).await;
+        assert_eq!(out.trim(), "web.shop.svc.cluster.local.", "{transport}");
+    }
+    let out = dig(a, &["WEB.shop.svc.Cluster.Local", "A"]).await;
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(flags(&out).contains(" aa"), "authoritative: {out}");
+    assert!(
+        out.contains("WEB.shop.svc.Cluster.Local. 5\tIN\tA\t10.96.0.20"),
+        "owner keeps the case: {out}"
+    );
+
+    let out = dig(a, &["nope.shop.svc.cluster.local", "A"]).await;
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(out.contains("AUTHORITY: 1"), "SOA in authority: {out}");
+    assert!(
+        out.contains(
+            "IN\tSOA\tns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"
+        ),
+        "{out}"
+    );
+
+    let out = dig(a, &["web.shop.svc.cluster.local", "AAAA"]).await;
+    assert!(
+        out.contains("status: NOERROR")
+            && out.contains("ANSWER: 0")
+            && out.contains("AUTHORITY: 1"),
+        "NODATA: {out}"
+    );
+
+    let out = dig(a, &["+short", "dns-version.cluster.local", "TXT"]).await;
+    assert_eq!(out.trim(), "\"1.1.0\"");
+
+    let out = dig(a, &["cluster.local", "AXFR"]).await;
+    assert!(
+        out.contains("Transfer failed") || out.contains("REFUSED"),
+        "{out}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fit_the_clients_buffer() {
+    let server = start().await;
+    let a = server.addr;
+    // No EDNS: at most 512 bytes, truncated with TC.
+    let out = dig(
+        a,
+        &["+noedns", "+ignore", "big.shop.svc.cluster.local", "A"],
+    )
+    .await;
+    assert!(flags(&out).contains(" tc"), "TC without EDNS: {out}");
+    // A large EDNS buffer holds all 100 records.
+    let out = dig(
+        a,
+        &["+bufsize=4096", "+short", "big.shop.svc.cluster.local", "A"],
+    )
+    .await;
+    assert_eq!(out.lines().count(), 100, "{out}");
+    // TCP carries everything.
+    let out = dig(
+        a,
+        &[
+            "+tcp",
+            "+noedns",
+            "+short",
+            "big.shop.svc.cluster.local",
+            "A",
+        ],
+    )
+    .await;
+    assert_eq!(out.lines().count(), 100);
+    // An EDNS version we do not speak.
+    let out = dig(
+        a,
+        &[
+            "+edns=1",
+            "+noednsnegotiation",
+            "web.shop.svc.cluster.local",
+            "A",
+        ],
+    )
+    .await;
+    assert!(out.contains("status: BADVERS"), "{out}");
+    server.stop().await;
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    msg.to_vec().expect("encode")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_do_not_stop_the_server_and_tcp_pipelines() {
+    let server = start().await;
+    let a = server.addr;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    // Garbage, a header cut short, and a header claiming a question that is not there.
+    for junk in [
+        &b"\xff\xfe\xfd"[..],
+        &[0u8; 11][..],
+        &[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0][..],
+    ] {
+        udp.send_to(junk, a).await.expect("send");
+    }
+    let out = dig(a, &["+short", "web.shop.svc.cluster.local", "A"]).await;
+    assert_eq!(
+        out.trim(),
+        "10.96.0.20",
+        "still serving after malformed packets"
+    );
+
+    // Two queries written back to back on one connection, then both answers read.
+    let mut tcp = tokio::net::TcpStream::connect(a).await.expect("connect");
+    let mut wire = Vec::new();
+    for (id, name) in [
+        (7u16, "web.shop.svc.cluster.local."),
+        (8, "nope.shop.svc.cluster.local."),
+    ] {
+        let q = query(id, name);
+        wire.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&q);
+    }
+    tcp.write_all(&wire).await.expect("write");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut len))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        tcp.read_exact(&mut buf).await.expect("read");
+        let msg = Message::from_vec(&buf).expect("decode");
+        ids.push((msg.metadata.id, msg.metadata.response_code.to_string()));
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            (7, "No Error".to_owned()),
+            (8, "Non-Existent Domain".to_owned())
+        ]
+    );
+    server.stop().await;
+}
