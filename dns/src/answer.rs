@@ -59,8 +59,6 @@ pub struct Config {
     pub pods: PodMode,
     /// The Service whose cluster IPs are the zone's name servers (the apex NS and its glue).
     pub nameserver: ObjectKey,
-    /// SOA serial (the time of the last change the index saw).
-    pub serial: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +134,7 @@ pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answ
         return Answer::empty(Rcode::Refused);
     }
     let lookup = lookup(index, config, &owner, &name, qtype, 0);
-    let soa = || Some(soa_record(config));
+    let soa = || Some(soa_record(index, config));
     let (rcode, answers, additionals, authority, chase) = match lookup {
         Lookup::Records(a, b) if !a.is_empty() => (Rcode::NoError, a, b, None, None),
         Lookup::Records(..) | Lookup::NoData => (Rcode::NoError, vec![], vec![], soa(), None),
@@ -189,14 +187,14 @@ fn fqdn(key: &ObjectKey, zone: &str) -> String {
     format!("{}.", service_fqdn(key, zone))
 }
 
-fn soa_record(config: &Config) -> Record {
+fn soa_record(index: &Index, config: &Config) -> Record {
     Record {
         name: format!("{}.", config.zone),
         ttl: config.ttl,
         data: Rdata::Soa {
             mname: format!("ns.dns.{}.", config.zone),
             rname: format!("hostmaster.{}.", config.zone),
-            serial: config.serial,
+            serial: index.serial(),
             refresh: 7200,
             retry: 1800,
             expire: 86_400,
@@ -243,7 +241,7 @@ fn lookup(
     let ttl = config.ttl;
     match *name {
         QueryName::Apex => match qtype {
-            QType::Soa => Lookup::Records(vec![soa_record(config)], vec![]),
+            QType::Soa => Lookup::Records(vec![soa_record(index, config)], vec![]),
             QType::Ns => nameservers(index, config),
             _ => Lookup::NoData,
         },

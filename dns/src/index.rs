@@ -28,6 +28,8 @@ pub struct Index {
     /// Ready endpoint IP → (Service, endpoint label) for every Service it backs.
     endpoint_ips: HashMap<IpAddr, Vec<(ObjectKey, Box<str>)>>,
     synced: bool,
+    /// SOA serial: when the data last changed, in Unix seconds.
+    serial: u32,
 }
 
 /// The label an endpoint answers to: its hostname, else its dashed address.
@@ -135,6 +137,14 @@ impl Index {
 
     pub fn is_synced(&self) -> bool {
         self.synced
+    }
+
+    pub fn set_serial(&mut self, serial: u32) {
+        self.serial = serial;
+    }
+
+    pub fn serial(&self) -> u32 {
+        self.serial
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {

@@ -5,15 +5,18 @@
 //! with no I/O. The behaviour follows the Kubernetes DNS-Based Service Discovery specification,
 //! and CoreDNS where the specification is silent (see `docs/upstream/coredns-kubernetes.md`).
 //!
-//! [`server`] puts it on the wire (UDP and TCP, EDNS sizes, BADVERS, FORMERR) with hickory.
-//! Work in progress: forwarding and its cache, the watches feeding the index, metrics and the
-//! binary are still to come. This crate must never call the API on the query
+//! [`server`] puts it on the wire (UDP and TCP, EDNS sizes, BADVERS, FORMERR) with hickory;
+//! [`watch`] keeps the index current from the API; [`run`] is the process.
+//! Work in progress: forwarding (names outside the zone are REFUSED for now) and its cache,
+//! metrics, and the fuzz target are still to come. This crate must never call the API on the query
 //! path.
 
 mod answer;
 mod index;
 mod name;
+pub mod run;
 pub mod server;
+pub mod watch;
 
 pub use answer::{Answer, Config, PodMode, QType, Rcode, Rdata, Record, answer};
 pub use index::Index;

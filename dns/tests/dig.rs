@@ -94,6 +94,7 @@ fn index() -> Index {
         }),
     );
     index.set_synced();
+    index.set_serial(1);
     index
 }
 
@@ -109,7 +110,6 @@ async fn start() -> Running {
         ttl: 5,
         pods: PodMode::Insecure,
         nameserver: ObjectKey::new("kube-system", "kube-dns"),
-        serial: 1,
     };
     let handler = Handler::new(Arc::new(ArcSwap::from_pointee(index())), Arc::new(config));
     let server = DnsServer::bind(&["127.0.0.1:0".parse().expect("addr")], handler)

@@ -141,10 +141,11 @@ fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Respo
                 }
             }
         }
-        "/healthz" if health.is_live() => text(StatusCode::OK, "ok\n"),
-        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
-        "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        // `/health` and `/ready` are CoreDNS's spellings, kept for drop-in probes.
+        "/healthz" | "/health" if health.is_live() => text(StatusCode::OK, "ok\n"),
+        "/healthz" | "/health" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        "/readyz" | "/ready" if health.is_ready() => text(StatusCode::OK, "ok\n"),
+        "/readyz" | "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

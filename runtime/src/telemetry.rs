@@ -17,9 +17,16 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// Installs the global subscriber. Fails if one is already installed.
+    /// Installs the global subscriber at `info` unless `RUST_LOG` says otherwise. Fails if one
+    /// is already installed.
     pub fn init(&self) -> Result<()> {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        self.init_with_default("info")
+    }
+
+    /// Like [`init`](Self::init) with another default filter, e.g. to quiet a chatty library.
+    pub fn init_with_default(&self, default_filter: &str) -> Result<()> {
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

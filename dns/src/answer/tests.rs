@@ -111,7 +111,6 @@ fn config() -> Config {
         ttl: 5,
         pods: PodMode::Insecure,
         nameserver: ObjectKey::new("kube-system", "kube-dns"),
-        serial: 42,
     }
 }
 
@@ -196,6 +195,7 @@ fn cluster() -> Index {
         )),
     );
     index.set_synced();
+    index.set_serial(42);
     index
 }
 

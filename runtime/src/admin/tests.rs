@@ -43,8 +43,10 @@ async fn serves_health_readiness_and_metrics() {
 
     assert_eq!(get(addr, "/healthz").await.0, 200);
     assert_eq!(get(addr, "/readyz").await.0, 503, "not ready before sync");
+    assert_eq!(get(addr, "/ready").await.0, 503, "CoreDNS's spelling too");
     health.set_ready(true);
     assert_eq!(get(addr, "/readyz").await.0, 200);
+    assert_eq!(get(addr, "/ready").await.0, 200);
     health.set_live(false);
     assert_eq!(
         get(addr, "/healthz").await.0,

@@ -1,0 +1,131 @@
+//! The `svcplane-dns` process: flags, wiring, lifecycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use svcplane_model::ObjectKey;
+use svcplane_runtime::{AdminArgs, AdminServer, ClientArgs, Health, LogArgs};
+
+use crate::server::{DnsServer, Handler};
+use crate::{Config, Index, PodMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodsFlag {
+    Disabled,
+    Insecure,
+    Verified,
+}
+
+/// svcplane-dns: cluster DNS for Services and pods.
+#[derive(Debug, clap::Parser)]
+#[command(name = "svcplane-dns", version, about)]
+pub struct Args {
+    /// The cluster zone served.
+    #[arg(long, env = "SVCPLANE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Address to serve DNS on, UDP and TCP; repeat for several.
+    #[arg(
+        long = "listen",
+        env = "SVCPLANE_DNS_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:53"
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// TTL of cluster answers, in seconds; also the SOA minimum.
+    #[arg(long, env = "SVCPLANE_DNS_TTL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub ttl: u32,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: off, for any address, or only for a pod that has it.
+    #[arg(long, env = "SVCPLANE_DNS_PODS", value_enum, default_value_t = PodsFlag::Insecure)]
+    pub pods: PodsFlag,
+    /// The Service (namespace/name) whose cluster IPs are the zone's name servers.
+    #[arg(
+        long,
+        env = "SVCPLANE_DNS_NAMESERVER_SERVICE",
+        default_value = "kube-system/kube-dns"
+    )]
+    pub nameserver_service: String,
+    /// How long to keep answering after SIGTERM while /health reports unhealthy.
+    #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = parse_duration)]
+    pub lameduck: Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 5s or 500ms")),
+    }
+}
+
+impl Args {
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let (ns, name) = self
+            .nameserver_service
+            .split_once('/')
+            .ok_or_else(|| anyhow::anyhow!("--nameserver-service must be namespace/name"))?;
+        Ok(Config {
+            zone: self
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            ttl: self.ttl,
+            pods: match self.pods {
+                PodsFlag::Disabled => PodMode::Disabled,
+                PodsFlag::Insecure => PodMode::Insecure,
+                PodsFlag::Verified => PodMode::Verified,
+            },
+            nameserver: ObjectKey::new(ns, name),
+        })
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then keeps answering through the lameduck period.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = Arc::new(args.config()?);
+    let client = args.client.client().await?;
+    let index = Arc::new(ArcSwap::from_pointee(Index::new()));
+    let health = Health::new();
+    let registry = prometheus::Registry::new();
+
+    let dns = DnsServer::bind(&args.listen, Handler::new(index.clone(), config.clone())).await?;
+    let admin = AdminServer::bind(args.admin.admin_addr).await?;
+    tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr()?, zone = %config.zone, "serving");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let ready = health.clone();
+    let watches = tokio::spawn(crate::watch::run(
+        client,
+        index.clone(),
+        config.pods == PodMode::Verified,
+        move || ready.set_ready(true),
+        stopped(stop_rx.clone()),
+    ));
+    let admin_task = tokio::spawn(admin.serve(registry, health.clone(), stopped(stop_rx.clone())));
+    let dns_task = tokio::spawn(dns.run(stopped(stop_rx.clone())));
+
+    svcplane_runtime::shutdown_signal().await;
+    health.set_live(false);
+    tracing::info!(lameduck = ?args.lameduck, "lameduck: still answering, reporting unhealthy");
+    tokio::time::sleep(args.lameduck).await;
+    let _ = stop_tx.send(true);
+    let _ = watches.await;
+    let _ = admin_task.await;
+    dns_task.await??;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! svcplane-dns against a real kube-apiserver, asked by real `dig`: objects written through the
+//! API show up in answers, and so do their updates.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use svcplane_testenv::{TestEnv, kubelet};
+
+/// A port free for both UDP and TCP on loopback (bound and released; a clash makes the server
+/// fail to start, which the test reports).
+fn free_dns_port() -> SocketAddr {
+    for _ in 0..20 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+struct Dns {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dns(env: &TestEnv) -> Dns {
+    let (addr, admin) = (free_dns_port(), free_dns_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_svcplane-dns"))
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig_path())
+        .arg(format!("--listen={addr}"))
+        .arg(format!("--admin-addr={admin}"))
+        .arg("--lameduck=0s")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start svcplane-dns");
+    Dns { child, addr, admin }
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .arg("-p")
+        .arg(addr.port().to_string())
+        .args(["+time=1", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig is installed (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asks until the short answer equals `want` (sorted lines), for at most 15 seconds.
+async fn eventually(addr: SocketAddr, args: &[&str], want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    loop {
+        let mut all = vec!["+short"];
+        all.extend_from_slice(args);
+        let out = tokio::task::block_in_place(|| dig(addr, &all));
+        let mut got: Vec<String> = out.lines().map(str::to_owned).collect();
+        got.sort();
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{args:?}: wanted {want:?}, still {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status(addr: SocketAddr, args: &[&str]) -> String {
+    let out = dig(addr, args);
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_owned()
+}
+
+fn service(name: &str, spec: ServiceSpec) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn endpoint(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            ..Default::default()
+        }),
+        hostname: hostname.map(Into::into),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_api() {
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    kubelet::create_namespace(&client, "shop")
+        .await
+        .expect("namespace");
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let pp = PostParams::default();
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        ..Default::default()
+    };
+    services
+        .create(
+            &pp,
+            &service(
+                "web",
+                ServiceSpec {
+                    ports: Some(vec![port("http", 80)]),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("web");
+    services
+        .create(
+            &pp,
+            &service(
+                "db",
+                ServiceSpec {
+                    cluster_ip: Some("None".into()),
+                    ports: Some(vec![port("pg", 5432)]),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("db");
+    services
+        .create(
+            &pp,
+            &service(
+                "ext",
+                ServiceSpec {
+                    type_: Some("ExternalName".into()),
+                    external_name: Some("example.org".into()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("ext");
+    let web_ip = services
+        .get("web")
+        .await
+        .expect("web")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("cluster IP");
+
+    // The slice a controller would write for db: one ready endpoint, one not.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "shop");
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("db-1".into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".into(),
+                "db".into(),
+            )])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(vec![
+            endpoint("10.244.1.5", Some("db-0"), true),
+            endpoint("10.244.1.6", None, false),
+        ]),
+        ports: Some(vec![EndpointPort {
+            name: Some("pg".into()),
+            port: Some(5432),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    };
+    slices.create(&pp, &slice).await.expect("slice");
+
+    let dns = start_dns(&env);
+    let a = dns.addr;
+    // Synced once the API server's own Service resolves.
+    eventually(
+        a,
+        &["kubernetes.default.svc.cluster.local", "A"],
+        &["10.96.0.1"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_get(dns.admin, "/ready").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/ready never turned ready after the sync"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin_get(dns.admin, "/health").await, 200);
+
+    eventually(a, &["web.shop.svc.cluster.local", "A"], &[&web_ip]).await;
+    eventually(a, &["+tcp", "web.shop.svc.cluster.local", "A"], &[&web_ip]).await;
+    eventually(
+        a,
+        &["_http._tcp.web.shop.svc.cluster.local", "SRV"],
+        &["0 100 80 web.shop.svc.cluster.local."],
+    )
+    .await;
+    eventually(a, &["-x", &web_ip], &["web.shop.svc.cluster.local."]).await;
+    eventually(a, &["db.shop.svc.cluster.local", "A"], &["10.244.1.5"]).await;
+    eventually(a, &["db-0.db.shop.svc.cluster.local", "A"], &["10.244.1.5"]).await;
+    eventually(
+        a,
+        &["ext.shop.svc.cluster.local", "CNAME"],
+        &["example.org."],
+    )
+    .await;
+    eventually(a, &["dns-version.cluster.local", "TXT"], &["\"1.1.0\""]).await;
+    assert_eq!(status(a, &["nope.shop.svc.cluster.local", "A"]), "NXDOMAIN");
+    assert_eq!(
+        status(a, &["nope.nowhere.svc.cluster.local", "A"]),
+        "NXDOMAIN"
+    );
+    assert_eq!(status(a, &["shop.svc.cluster.local", "A"]), "NOERROR");
+
+    // Updates: the ExternalName moves, the second endpoint turns ready, web is deleted.
+    services
+        .patch(
+            "ext",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"externalName": "other.example"}})),
+        )
+        .await
+        .expect("patch ext");
+    eventually(
+        a,
+        &["ext.shop.svc.cluster.local", "CNAME"],
+        &["other.example."],
+    )
+    .await;
+    slices
+        .patch(
+            "db-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"endpoints": [
+                {"addresses": ["10.244.1.5"], "hostname": "db-0", "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.6"], "conditions": {"ready": true}},
+            ]})),
+        )
+        .await
+        .expect("patch slice");
+    eventually(
+        a,
+        &["db.shop.svc.cluster.local", "A"],
+        &["10.244.1.5", "10.244.1.6"],
+    )
+    .await;
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete web");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status(a, &["web.shop.svc.cluster.local", "A"]) != "NXDOMAIN" {
+        assert!(
+            Instant::now() < deadline,
+            "web still answers after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GET on the admin server, status code only.
+async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.expect("read");
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status")
+}
