@@ -12,6 +12,7 @@
 //! path.
 
 mod answer;
+pub mod forward;
 mod index;
 mod name;
 pub mod run;

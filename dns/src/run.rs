@@ -8,7 +8,11 @@ use arc_swap::ArcSwap;
 use svcplane_model::ObjectKey;
 use svcplane_runtime::{AdminArgs, AdminServer, ClientArgs, Health, LogArgs};
 
+use crate::forward::Forwarder;
 use crate::server::{DnsServer, Handler};
+
+/// How long one upstream gets to answer before the next is tried.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::{Config, Index, PodMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +50,13 @@ pub struct Args {
         default_value = "kube-system/kube-dns"
     )]
     pub nameserver_service: String,
+    /// Upstream resolver for names outside the cluster zone (ip or ip:port); repeat for several.
+    /// Default: the nameservers in /etc/resolv.conf.
+    #[arg(long = "upstream", env = "SVCPLANE_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_upstream)]
+    pub upstream: Vec<SocketAddr>,
+    /// Entries the forwarding cache holds at most.
+    #[arg(long, env = "SVCPLANE_DNS_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub cache_capacity: usize,
     /// How long to keep answering after SIGTERM while /health reports unhealthy.
     #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = parse_duration)]
     pub lameduck: Duration,
@@ -55,6 +66,15 @@ pub struct Args {
     pub log: LogArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{s:?} is not an address like 192.0.2.53 or 192.0.2.53:5353"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -100,7 +120,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let health = Health::new();
     let registry = prometheus::Registry::new();
 
-    let dns = DnsServer::bind(&args.listen, Handler::new(index.clone(), config.clone())).await?;
+    let upstreams = if args.upstream.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        crate::forward::resolv_conf_nameservers(&conf)
+    } else {
+        args.upstream.clone()
+    };
+    let forwarder = Arc::new(Forwarder::new(
+        upstreams,
+        &args.listen,
+        args.cache_capacity,
+        FORWARD_TIMEOUT,
+    ));
+    tracing::info!(upstreams = ?forwarder.upstreams(), "forwarding names outside the zone");
+    let handler = Handler::new(index.clone(), config.clone(), Some(forwarder.clone()));
+    let dns = DnsServer::bind(&args.listen, handler).await?;
     let admin = AdminServer::bind(args.admin.admin_addr).await?;
     tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr()?, zone = %config.zone, "serving");
 
@@ -118,6 +152,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let admin_task = tokio::spawn(admin.serve(registry, health.clone(), stopped(stop_rx.clone())));
     let dns_task = tokio::spawn(dns.run(stopped(stop_rx.clone())));
+
+    // Started once we serve, so a probe that loops back through an upstream reaches us.
+    tokio::spawn(async move { forwarder.probe_for_loops().await });
 
     svcplane_runtime::shutdown_signal().await;
     health.set_live(false);

@@ -15,6 +15,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::forward::{Forwarder, Reply};
 use crate::{Config, Index, QType, Rcode, Rdata, Record, answer};
 
 /// The EDNS version this server speaks; higher versions get BADVERS (RFC 6891).
@@ -40,11 +41,21 @@ pub enum Error {
 pub struct Handler {
     index: Arc<ArcSwap<Index>>,
     config: Arc<Config>,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 impl Handler {
-    pub fn new(index: Arc<ArcSwap<Index>>, config: Arc<Config>) -> Self {
-        Self { index, config }
+    /// Without a forwarder, names outside the cluster zone are refused.
+    pub fn new(
+        index: Arc<ArcSwap<Index>>,
+        config: Arc<Config>,
+        forwarder: Option<Arc<Forwarder>>,
+    ) -> Self {
+        Self {
+            index,
+            config,
+            forwarder,
+        }
     }
 }
 
@@ -219,11 +230,11 @@ impl RequestHandler for Handler {
             )
             .await;
         }
-        let qname = info.query.original().name().to_ascii();
-        let index = self.index.load();
-        let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
-        if result.forward {
-            // Forwarding is not built yet: names outside the cluster zone are refused.
+        let original = info.query.original();
+        if let Some(f) = &self.forwarder
+            && f.is_own_probe(original.name())
+        {
+            // Our loop probe came back: answering it, not forwarding it, ends the loop.
             return send_error(
                 request,
                 ResponseCode::Refused,
@@ -232,7 +243,56 @@ impl RequestHandler for Handler {
             )
             .await;
         }
-        let answers = wire_all(&result.answers);
+        let qname = original.name().to_ascii();
+        let index = self.index.load();
+        let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
+        if result.forward {
+            let Some(f) = &self.forwarder else {
+                return send_error(
+                    request,
+                    ResponseCode::Refused,
+                    response_edns.as_ref(),
+                    handle,
+                )
+                .await;
+            };
+            return match f
+                .resolve(
+                    original.name(),
+                    original.query_type(),
+                    original.query_class(),
+                )
+                .await
+            {
+                Ok(reply) => relay(request, reply, response_edns.as_ref(), handle).await,
+                Err(error) => {
+                    tracing::debug!(%error, name = %qname, "forwarding failed");
+                    send_error(
+                        request,
+                        ResponseCode::ServFail,
+                        response_edns.as_ref(),
+                        handle,
+                    )
+                    .await
+                }
+            };
+        }
+        let mut answers = wire_all(&result.answers);
+        if let (Some(target), Some(f)) = (&result.chase, &self.forwarder) {
+            // The CNAME's target is outside the zone: append what upstream says of it. Its
+            // rcode does not matter (CoreDNS answers NOERROR with the CNAME alone).
+            if let Ok(target) = Name::from_ascii(format!("{target}.")) {
+                match f
+                    .resolve(&target, original.query_type(), DNSClass::IN)
+                    .await
+                {
+                    Ok(reply) => answers.extend(reply.answers),
+                    Err(error) => {
+                        tracing::debug!(%error, %target, "chasing an ExternalName failed")
+                    }
+                }
+            }
+        }
         let additionals = wire_all(&result.additionals);
         let soa: Vec<WireRecord> = result.authority.iter().filter_map(wire).collect();
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -251,6 +311,32 @@ impl RequestHandler for Handler {
                 tracing::debug!(%error, "sending a response failed");
                 failed(request)
             }
+        }
+    }
+}
+
+/// Sends an upstream's answer to the client as it came, from a recursive server (RA set).
+async fn relay<R: ResponseHandler>(
+    request: &Request,
+    reply: Reply,
+    edns: Option<&Edns>,
+    mut handle: R,
+) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = reply.rcode;
+    metadata.recursion_available = true;
+    let response = MessageResponseBuilder::new(&request.queries, edns).build(
+        metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        std::iter::empty(),
+        reply.additionals.iter(),
+    );
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, "sending a forwarded response failed");
+            failed(request)
         }
     }
 }

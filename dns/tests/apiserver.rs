@@ -30,6 +30,8 @@ struct Dns {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// Held so nothing else takes the port given as the upstream.
+    _upstream: UdpSocket,
 }
 
 impl Drop for Dns {
@@ -41,16 +43,28 @@ impl Drop for Dns {
 
 fn start_dns(env: &TestEnv) -> Dns {
     let (addr, admin) = (free_dns_port(), free_dns_port());
+    // Never the machine's resolv.conf: tests send nothing beyond loopback. This upstream is a
+    // silent loopback socket.
+    let upstream = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let child = Command::new(env!("CARGO_BIN_EXE_svcplane-dns"))
         .arg("--kubeconfig")
         .arg(env.kubeconfig_path())
         .arg(format!("--listen={addr}"))
         .arg(format!("--admin-addr={admin}"))
+        .arg(format!(
+            "--upstream={}",
+            upstream.local_addr().expect("addr")
+        ))
         .arg("--lameduck=0s")
         .stdin(Stdio::null())
         .spawn()
         .expect("start svcplane-dns");
-    Dns { child, addr, admin }
+    Dns {
+        child,
+        addr,
+        admin,
+        _upstream: upstream,
+    }
 }
 
 fn dig(addr: SocketAddr, args: &[&str]) -> String {

@@ -111,7 +111,11 @@ async fn start() -> Running {
         pods: PodMode::Insecure,
         nameserver: ObjectKey::new("kube-system", "kube-dns"),
     };
-    let handler = Handler::new(Arc::new(ArcSwap::from_pointee(index())), Arc::new(config));
+    let handler = Handler::new(
+        Arc::new(ArcSwap::from_pointee(index())),
+        Arc::new(config),
+        None,
+    );
     let server = DnsServer::bind(&["127.0.0.1:0".parse().expect("addr")], handler)
         .await
         .expect("bind");
