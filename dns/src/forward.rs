@@ -13,6 +13,8 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::metrics::Metrics;
+
 const SHARDS: usize = 16;
 /// Positive answers are cached at most this long, negative ones at most `MAX_NEGATIVE_TTL`.
 const MAX_TTL: u32 = 3600;
@@ -28,6 +30,17 @@ pub enum ForwardError {
     Loop,
     #[error("every upstream failed; last error: {0}")]
     AllFailed(String),
+}
+
+impl ForwardError {
+    /// A fixed metric label per variant.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ForwardError::NoUpstream => "no_upstream",
+            ForwardError::Loop => "loop",
+            ForwardError::AllFailed(_) => "upstreams_failed",
+        }
+    }
 }
 
 /// What an upstream answered, as relayed to the client.
@@ -154,6 +167,7 @@ pub struct Forwarder {
     /// The name of our own loop probe; seeing it arrive means an upstream sends queries back.
     probe: Name,
     looped: AtomicBool,
+    metrics: Option<Metrics>,
 }
 
 impl Forwarder {
@@ -195,7 +209,14 @@ impl Forwarder {
             probe: Name::from_ascii(format!("{probe_label}.invalid."))
                 .unwrap_or_else(|_| Name::root()),
             looped: AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// Reports cache look-ups and upstream traffic.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn upstreams(&self) -> &[SocketAddr] {
@@ -236,6 +257,9 @@ impl Forwarder {
         class: DNSClass,
     ) -> Result<Reply, ForwardError> {
         if self.looped.load(Ordering::Relaxed) {
+            if let Some(m) = &self.metrics {
+                m.forward_error("loop");
+            }
             return Err(ForwardError::Loop);
         }
         let key = Key {
@@ -243,10 +267,24 @@ impl Forwarder {
             qtype,
             class,
         };
-        if let Some(hit) = self.cache.get(&key) {
+        let hit = self.cache.get(&key);
+        if let Some(m) = &self.metrics {
+            m.cache(hit.is_some());
+        }
+        if let Some(hit) = hit {
             return Ok(hit);
         }
-        let reply = self.query_upstreams(name, qtype, class).await?;
+        if let Some(m) = &self.metrics {
+            m.forwarded();
+        }
+        let reply = self
+            .query_upstreams(name, qtype, class)
+            .await
+            .inspect_err(|e| {
+                if let Some(m) = &self.metrics {
+                    m.forward_error(e.reason());
+                }
+            })?;
         self.cache.put(key, reply.clone(), cache_ttl(&reply));
         Ok(reply)
     }

@@ -14,6 +14,7 @@
 mod answer;
 pub mod forward;
 mod index;
+pub mod metrics;
 mod name;
 pub mod run;
 pub mod server;

@@ -119,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let index = Arc::new(ArcSwap::from_pointee(Index::new()));
     let health = Health::new();
     let registry = prometheus::Registry::new();
+    let metrics = crate::metrics::Metrics::register(&registry)?;
 
     let upstreams = if args.upstream.is_empty() {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -126,14 +127,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.upstream.clone()
     };
-    let forwarder = Arc::new(Forwarder::new(
-        upstreams,
-        &args.listen,
-        args.cache_capacity,
-        FORWARD_TIMEOUT,
-    ));
+    let forwarder = Arc::new(
+        Forwarder::new(
+            upstreams,
+            &args.listen,
+            args.cache_capacity,
+            FORWARD_TIMEOUT,
+        )
+        .with_metrics(metrics.clone()),
+    );
     tracing::info!(upstreams = ?forwarder.upstreams(), "forwarding names outside the zone");
-    let handler = Handler::new(index.clone(), config.clone(), Some(forwarder.clone()));
+    let handler = Handler::new(
+        index.clone(),
+        config.clone(),
+        Some(forwarder.clone()),
+        metrics.clone(),
+    );
     let dns = DnsServer::bind(&args.listen, handler).await?;
     let admin = AdminServer::bind(args.admin.admin_addr).await?;
     tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr()?, zone = %config.zone, "serving");
@@ -147,6 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client,
         index.clone(),
         config.pods == PodMode::Verified,
+        metrics,
         move || ready.set_ready(true),
         stopped(stop_rx.clone()),
     ));

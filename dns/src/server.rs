@@ -16,6 +16,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::forward::{Forwarder, Reply};
+use crate::metrics::Metrics;
 use crate::{Config, Index, QType, Rcode, Rdata, Record, answer};
 
 /// The EDNS version this server speaks; higher versions get BADVERS (RFC 6891).
@@ -42,6 +43,7 @@ pub struct Handler {
     index: Arc<ArcSwap<Index>>,
     config: Arc<Config>,
     forwarder: Option<Arc<Forwarder>>,
+    metrics: Metrics,
 }
 
 impl Handler {
@@ -50,11 +52,13 @@ impl Handler {
         index: Arc<ArcSwap<Index>>,
         config: Arc<Config>,
         forwarder: Option<Arc<Forwarder>>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             index,
             config,
             forwarder,
+            metrics,
         }
     }
 }
@@ -167,13 +171,49 @@ async fn send_error<R: ResponseHandler>(
     }
 }
 
+fn rcode_label(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "other",
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut handle: R,
+        handle: R,
     ) -> ResponseInfo {
+        let start = std::time::Instant::now();
+        let info = self.respond(request, handle).await;
+        let qtype = request
+            .request_info()
+            .ok()
+            .map(|i| qtype(i.query.query_type()));
+        let protocol = match request.protocol() {
+            hickory_server::net::xfer::Protocol::Udp => "udp",
+            hickory_server::net::xfer::Protocol::Tcp => "tcp",
+            _ => "other",
+        };
+        self.metrics.request(
+            qtype,
+            rcode_label(info.response_code),
+            protocol,
+            start.elapsed(),
+        );
+        info
+    }
+}
+
+impl Handler {
+    async fn respond<R: ResponseHandler>(&self, request: &Request, mut handle: R) -> ResponseInfo {
         let response_edns = request.edns.as_ref().map(|req| {
             let mut edns = Edns::new();
             edns.set_max_payload(req.max_payload().max(512));

@@ -20,6 +20,7 @@ use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
 use svcplane_model::{EndpointSlice, ObjectKey, Pod, Service};
 
 use crate::Index;
+use crate::metrics::Metrics;
 
 /// One event from any of the watches (boxed: API objects are large and sizes differ).
 enum Update {
@@ -167,7 +168,7 @@ impl State {
     }
 
     /// Applies what changed since the last call to a copy of `current`; `None` if nothing did.
-    fn next_index(&mut self, current: &Index) -> Option<Index> {
+    fn next_index(&mut self, current: &Index, metrics: &Metrics) -> Option<Index> {
         let services = self.services.drain();
         let slices = self.slices.drain();
         let namespaces = self.namespaces.drain();
@@ -187,7 +188,25 @@ impl State {
         for change in services {
             next.apply_service(change.key, change.current);
         }
+        let now = k8s_openapi::jiff::Timestamp::now();
         for change in slices {
+            // The newest trigger time among the Service's slices is the change now programmed.
+            let triggered = change
+                .current
+                .iter()
+                .flat_map(|e| e.slices.iter())
+                .filter_map(|s| {
+                    s.trigger_time
+                        .as_deref()?
+                        .parse::<k8s_openapi::jiff::Timestamp>()
+                        .ok()
+                })
+                .max();
+            if let Some(t) = triggered
+                && let Ok(took) = std::time::Duration::try_from(now.duration_since(t))
+            {
+                metrics.programmed(took);
+            }
             next.apply_endpoints(change.key, change.current);
         }
         for change in namespaces {
@@ -240,6 +259,7 @@ pub async fn run(
     client: Client,
     index: Arc<ArcSwap<Index>>,
     watch_pods: bool,
+    metrics: Metrics,
     on_synced: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) {
@@ -274,7 +294,8 @@ pub async fn run(
             state.handle(update);
         }
         let current = index.load();
-        if let Some(next) = state.next_index(&current) {
+        if let Some(next) = state.next_index(&current, &metrics) {
+            metrics.set_services(state.services.len());
             let synced = next.is_synced();
             index.store(Arc::new(next));
             if synced && let Some(callback) = on_synced.take() {

@@ -115,6 +115,7 @@ async fn start() -> Running {
         Arc::new(ArcSwap::from_pointee(index())),
         Arc::new(config),
         None,
+        test_metrics(),
     );
     let server = DnsServer::bind(&["127.0.0.1:0".parse().expect("addr")], handler)
         .await
@@ -339,4 +340,8 @@ async fn malformed_packets_do_not_stop_the_server_and_tcp_pipelines() {
         ]
     );
     server.stop().await;
+}
+
+fn test_metrics() -> svcplane_dns::metrics::Metrics {
+    svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics")
 }

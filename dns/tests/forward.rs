@@ -171,6 +171,7 @@ async fn svcplane_dns(forwarder: Arc<Forwarder>) -> SocketAddr {
         Arc::new(ArcSwap::from_pointee(cluster())),
         config(),
         Some(forwarder),
+        test_metrics(),
     );
     let server = DnsServer::bind(&["127.0.0.1:0".parse().expect("addr")], handler)
         .await
@@ -292,6 +293,7 @@ async fn two_servers_forwarding_to_each_other_detect_the_loop() {
         Arc::new(ArcSwap::from_pointee(cluster())),
         config(),
         Some(a_fwd.clone()),
+        test_metrics(),
     );
     let a = DnsServer::bind(&[a_addr], handler)
         .await
@@ -317,4 +319,8 @@ async fn two_servers_forwarding_to_each_other_detect_the_loop() {
     // Cluster names still answer.
     let out = dig(a_addr, &["+short", "ext.shop.svc.cluster.local", "CNAME"]).await;
     assert_eq!(out.trim(), "example.org.");
+}
+
+fn test_metrics() -> svcplane_dns::metrics::Metrics {
+    svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics")
 }
