@@ -355,6 +355,64 @@ impl Handler {
     }
 }
 
+/// Captures an encoded response in memory, for [`Handler::respond_to_bytes`].
+#[derive(Clone, Default)]
+struct Capture {
+    max_size: u16,
+    bytes: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a WireRecord> + Send + 'a,
+            impl Iterator<Item = &'a WireRecord> + Send + 'a,
+            impl Iterator<Item = &'a WireRecord> + Send + 'a,
+            impl Iterator<Item = &'a WireRecord> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut buf = Vec::with_capacity(512);
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut buf);
+        encoder.set_max_size(self.max_size);
+        let info = response.destructive_emit(&mut encoder)?;
+        *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
+        Ok(info)
+    }
+}
+
+impl Handler {
+    /// The whole request path on raw bytes, as if they came over UDP from `src`: the encoded
+    /// answer, or `None` when the bytes are not a DNS message at all (the server drops those).
+    /// Used by the fuzz target and tests; no socket involved.
+    pub async fn respond_to_bytes(&self, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        let request =
+            Request::from_bytes(raw.to_vec(), src, hickory_server::net::xfer::Protocol::Udp)
+                .ok()?;
+        let max_size = request
+            .edns
+            .as_ref()
+            .map_or(512, |e| e.max_payload().max(512));
+        let capture = Capture {
+            max_size,
+            ..Capture::default()
+        };
+        self.handle_request::<_, hickory_server::net::runtime::TokioTime>(
+            &request,
+            capture.clone(),
+        )
+        .await;
+        capture
+            .bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
 /// Sends an upstream's answer to the client as it came, from a recursive server (RA set).
 async fn relay<R: ResponseHandler>(
     request: &Request,
