@@ -81,7 +81,11 @@ fn dig(addr: SocketAddr, args: &[&str]) -> String {
 
 /// Asks until the short answer equals `want` (sorted lines), for at most 15 seconds.
 async fn eventually(addr: SocketAddr, args: &[&str], want: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    eventually_within(Duration::from_secs(15), addr, args, want).await;
+}
+
+async fn eventually_within(within: Duration, addr: SocketAddr, args: &[&str], want: &[&str]) {
+    let deadline = Instant::now() + within;
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     loop {
@@ -323,4 +327,69 @@ async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_survive_an_api_server_outage_and_resync_after() {
+    let mut env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    kubelet::create_namespace(&client, "shop")
+        .await
+        .expect("namespace");
+    let services: Api<Service> = Api::namespaced(client, "shop");
+    let spec = || ServiceSpec {
+        ports: Some(vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    services
+        .create(&PostParams::default(), &service("web", spec()))
+        .await
+        .expect("web");
+    let web_ip = services
+        .get("web")
+        .await
+        .expect("web")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ip");
+    let dns = start_dns(&env);
+    eventually(dns.addr, &["web.shop.svc.cluster.local", "A"], &[&web_ip]).await;
+
+    env.stop_apiserver();
+    // The API is gone; the last index keeps answering, for a while and repeatedly.
+    for _ in 0..10 {
+        eventually(dns.addr, &["web.shop.svc.cluster.local", "A"], &[&web_ip]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status(dns.addr, &["nope.shop.svc.cluster.local", "A"]),
+        "NXDOMAIN"
+    );
+
+    env.restart_apiserver().await.expect("API server back");
+    let client = env.client().await.expect("client");
+    let services: Api<Service> = Api::namespaced(client, "shop");
+    services
+        .create(&PostParams::default(), &service("late", spec()))
+        .await
+        .expect("late");
+    let late_ip = services
+        .get("late")
+        .await
+        .expect("late")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ip");
+    // The watches reconnect with backoff and pick up what happened meanwhile.
+    eventually_within(
+        Duration::from_secs(60),
+        dns.addr,
+        &["late.shop.svc.cluster.local", "A"],
+        &[&late_ip],
+    )
+    .await;
 }

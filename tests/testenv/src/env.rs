@@ -72,6 +72,8 @@ pub struct TestEnv {
     kubeconfig_path: PathBuf,
     /// Keep the directory on drop: start-up failed and its logs explain why.
     keep_dir: bool,
+    /// How kube-apiserver was started, to start it again after [`TestEnv::stop_apiserver`].
+    apiserver_cmd: (PathBuf, Vec<String>),
 }
 
 impl TestEnv {
@@ -190,6 +192,7 @@ impl TestEnv {
             &args,
             dir.join("kube-apiserver.log"),
         )?;
+        let apiserver_cmd = (binaries.kube_apiserver(), args);
         // Until it listens, every readiness probe would only log a connection error.
         wait_for_port(&mut apiserver, api_port).await?;
 
@@ -222,6 +225,7 @@ impl TestEnv {
             kubeconfig,
             kubeconfig_path,
             keep_dir: false,
+            apiserver_cmd,
         };
         if let Err(error) = env.wait_ready().await {
             env.keep_dir = true;
@@ -269,6 +273,31 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Stops kube-apiserver (etcd keeps running), as an outage would.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(5));
+    }
+
+    /// Starts kube-apiserver again on the same port and data, and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.stop(Duration::from_secs(5));
+        let log = self.dir.join("kube-apiserver.restarted.log");
+        self.apiserver = Process::spawn(
+            "kube-apiserver",
+            &self.apiserver_cmd.0,
+            &self.apiserver_cmd.1,
+            log,
+        )?;
+        let port = self
+            .server_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| Error::Precondition(format!("no port in {}", self.server_url)))?;
+        wait_for_port(&mut self.apiserver, port).await?;
+        self.wait_ready().await
     }
 
     /// An admin client (`system:masters`). Each call builds a new one, bound to the caller's
