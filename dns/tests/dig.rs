@@ -13,19 +13,13 @@ use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::tracker::ServiceEndpoints;
 use svcplane_model::{
     AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, ObjectKey,
-    Protocol, Service, ServicePort, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
+    Protocol, Service, ServicePort, ServiceType, TargetPort,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn service(name: &str, ips: ClusterIps) -> Service {
     Service {
-        key: ObjectKey::new("shop", name),
-        uid: None,
-        labels: Default::default(),
-        type_: ServiceType::ClusterIp,
         cluster_ips: ips,
-        ip_families: vec![],
-        ip_family_policy: None,
         ports: vec![ServicePort {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -34,18 +28,7 @@ fn service(name: &str, ips: ClusterIps) -> Service {
             node_port: None,
             app_protocol: None,
         }],
-        selector: None,
-        external_name: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: SessionAffinity::None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        traffic_distribution: None,
-        topology_mode: None,
+        ..Service::new(ObjectKey::new("shop", name), ServiceType::ClusterIp)
     }
 }
 

@@ -16,7 +16,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use svcplane_dns::forward::Forwarder;
 use svcplane_dns::server::{DnsServer, Handler};
 use svcplane_dns::{Config, Index, PodMode};
-use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType, SessionAffinity, TrafficPolicy};
+use svcplane_model::{ObjectKey, Service, ServiceType};
 
 /// The upstream: a few fixed names, and a count of the questions it was asked.
 #[derive(Clone, Default)]
@@ -131,26 +131,8 @@ fn cluster() -> Index {
     let mut index = Index::new();
     index.apply_namespace("shop", true);
     let ext = Service {
-        key: ObjectKey::new("shop", "ext"),
-        uid: None,
-        labels: Default::default(),
-        type_: ServiceType::ExternalName,
-        cluster_ips: ClusterIps::Unset,
-        ip_families: vec![],
-        ip_family_policy: None,
-        ports: vec![],
-        selector: None,
         external_name: Some("example.org".into()),
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: SessionAffinity::None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        traffic_distribution: None,
-        topology_mode: None,
+        ..Service::new(ObjectKey::new("shop", "ext"), ServiceType::ExternalName)
     };
     index.apply_service(ext.key.clone(), Some(Arc::new(ext)));
     index.set_synced();

@@ -9,32 +9,14 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use svcplane_dns::server::Handler;
 use svcplane_dns::{Config, Index, PodMode};
-use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType, SessionAffinity, TrafficPolicy};
+use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType};
 
 fn handler() -> Handler {
     let mut index = Index::new();
     index.apply_namespace("shop", true);
     let web = Service {
-        key: ObjectKey::new("shop", "web"),
-        uid: None,
-        labels: Default::default(),
-        type_: ServiceType::ClusterIp,
         cluster_ips: ClusterIps::Ips(vec!["10.96.0.20".parse().expect("ip")]),
-        ip_families: vec![],
-        ip_family_policy: None,
-        ports: vec![],
-        selector: None,
-        external_name: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: SessionAffinity::None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        traffic_distribution: None,
-        topology_mode: None,
+        ..Service::new(ObjectKey::new("shop", "web"), ServiceType::ClusterIp)
     };
     index.apply_service(web.key.clone(), Some(Arc::new(web)));
     index.set_synced();

@@ -150,6 +150,33 @@ pub enum TrafficPolicy {
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
 
 impl Service {
+    /// A Service with the API's defaults and nothing else set (no cluster IP, ports or
+    /// selector); fill in the rest with struct update syntax.
+    pub fn new(key: ObjectKey, type_: ServiceType) -> Self {
+        Service {
+            key,
+            uid: None,
+            labels: Labels::default(),
+            type_,
+            cluster_ips: ClusterIps::Unset,
+            ip_families: Vec::new(),
+            ip_family_policy: None,
+            ports: Vec::new(),
+            selector: None,
+            external_name: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: SessionAffinity::None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            publish_not_ready_addresses: false,
+            traffic_distribution: None,
+            topology_mode: None,
+        }
+    }
+
     /// True for `clusterIP: None`.
     pub fn is_headless(&self) -> bool {
         self.cluster_ips == ClusterIps::Headless

@@ -9,7 +9,7 @@ use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 use svcplane_dns::server::Handler;
 use svcplane_dns::{Config, Index, PodMode};
-use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType, SessionAffinity, TrafficPolicy};
+use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType};
 
 fn handler() -> &'static Handler {
     static HANDLER: OnceLock<Handler> = OnceLock::new();
@@ -22,26 +22,9 @@ fn handler() -> &'static Handler {
             ("ext", ClusterIps::Unset, ServiceType::ExternalName, Some("web.shop.svc.cluster.local".into())),
         ] {
             let svc = Service {
-                key: ObjectKey::new("shop", name),
-                uid: None,
-                labels: Default::default(),
-                type_,
                 cluster_ips: ips,
-                ip_families: vec![],
-                ip_family_policy: None,
-                ports: vec![],
-                selector: None,
                 external_name: external,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                session_affinity: SessionAffinity::None,
-                external_traffic_policy: TrafficPolicy::Cluster,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                health_check_node_port: None,
-                publish_not_ready_addresses: false,
-                traffic_distribution: None,
-                topology_mode: None,
+                ..Service::new(ObjectKey::new("shop", name), type_)
             };
             index.apply_service(svc.key.clone(), Some(Arc::new(svc)));
         }

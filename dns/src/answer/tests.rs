@@ -3,7 +3,7 @@ use std::sync::Arc;
 use svcplane_model::tracker::ServiceEndpoints;
 use svcplane_model::{
     AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol,
-    ServicePort, SessionAffinity, TargetPort, TrafficPolicy,
+    ServicePort, TargetPort,
 };
 
 use super::*;
@@ -25,26 +25,10 @@ fn port(name: &str, protocol: Protocol, number: u16) -> ServicePort {
 
 fn service(ns: &str, name: &str, ips: ClusterIps, ports: Vec<ServicePort>) -> Service {
     Service {
-        key: ObjectKey::new(ns, name),
-        uid: None,
-        labels: Default::default(),
-        type_: ServiceType::ClusterIp,
         ip_families: ips_families(&ips),
         cluster_ips: ips,
-        ip_family_policy: None,
         ports,
-        selector: None,
-        external_name: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: SessionAffinity::None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        traffic_distribution: None,
-        topology_mode: None,
+        ..Service::new(ObjectKey::new(ns, name), ServiceType::ClusterIp)
     }
 }
 
