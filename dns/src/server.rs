@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record as WireRecord, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -192,11 +192,7 @@ impl RequestHandler for Handler {
         handle: R,
     ) -> ResponseInfo {
         let start = std::time::Instant::now();
-        let info = self.respond(request, handle).await;
-        let qtype = request
-            .request_info()
-            .ok()
-            .map(|i| qtype(i.query.query_type()));
+        let (info, qtype) = self.respond(request, handle).await;
         let protocol = match request.protocol() {
             hickory_server::net::xfer::Protocol::Udp => "udp",
             hickory_server::net::xfer::Protocol::Tcp => "tcp",
@@ -213,108 +209,97 @@ impl RequestHandler for Handler {
 }
 
 impl Handler {
-    async fn respond<R: ResponseHandler>(&self, request: &Request, mut handle: R) -> ResponseInfo {
+    /// Why a request gets no lookup at all, as the rcode to answer with.
+    fn validate<'r>(&self, request: &'r Request) -> Result<RequestInfo<'r>, ResponseCode> {
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.version() > EDNS_VERSION)
+        {
+            return Err(ResponseCode::BADVERS);
+        }
+        if request.metadata.message_type != MessageType::Query {
+            return Err(ResponseCode::FormErr);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Err(ResponseCode::NotImp);
+        }
+        // Exactly one question, as every resolver sends; anything else is malformed.
+        let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+        if info.query.query_class() != DNSClass::IN {
+            return Err(ResponseCode::Refused);
+        }
+        if let Some(f) = &self.forwarder
+            && f.is_own_probe(info.query.original().name())
+        {
+            // Our loop probe came back: answering it, not forwarding it, ends the loop.
+            return Err(ResponseCode::Refused);
+        }
+        Ok(info)
+    }
+
+    /// Answers `request`; also returns its question type, for metrics.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> (ResponseInfo, Option<QType>) {
         let response_edns = request.edns.as_ref().map(|req| {
             let mut edns = Edns::new();
             edns.set_max_payload(req.max_payload().max(512));
             edns.set_version(EDNS_VERSION);
             edns
         });
-        if request
-            .edns
-            .as_ref()
-            .is_some_and(|e| e.version() > EDNS_VERSION)
-        {
-            return send_error(
-                request,
-                ResponseCode::BADVERS,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
-        }
-        if request.metadata.message_type != MessageType::Query {
-            return send_error(
-                request,
-                ResponseCode::FormErr,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
-        }
-        if request.metadata.op_code != OpCode::Query {
-            return send_error(
-                request,
-                ResponseCode::NotImp,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
-        }
-        // Exactly one question, as every resolver sends; anything else is malformed.
-        let Ok(info) = request.request_info() else {
-            return send_error(
-                request,
-                ResponseCode::FormErr,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
+        let info = match self.validate(request) {
+            Ok(info) => info,
+            Err(code) => {
+                let qtype = request
+                    .request_info()
+                    .ok()
+                    .map(|i| qtype(i.query.query_type()));
+                return (
+                    send_error(request, code, response_edns.as_ref(), handle).await,
+                    qtype,
+                );
+            }
         };
-        if info.query.query_class() != DNSClass::IN {
-            return send_error(
-                request,
-                ResponseCode::Refused,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
-        }
+        let t = qtype(info.query.query_type());
+        (
+            self.answer_query(request, &info, response_edns.as_ref(), handle)
+                .await,
+            Some(t),
+        )
+    }
+
+    async fn answer_query<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        info: &RequestInfo<'_>,
+        response_edns: Option<&Edns>,
+        mut handle: R,
+    ) -> ResponseInfo {
         let original = info.query.original();
-        if let Some(f) = &self.forwarder
-            && f.is_own_probe(original.name())
-        {
-            // Our loop probe came back: answering it, not forwarding it, ends the loop.
-            return send_error(
-                request,
-                ResponseCode::Refused,
-                response_edns.as_ref(),
-                handle,
-            )
-            .await;
-        }
         let qname = original.name().to_ascii();
         let index = self.index.load();
         let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
         if result.forward {
-            let Some(f) = &self.forwarder else {
-                return send_error(
-                    request,
-                    ResponseCode::Refused,
-                    response_edns.as_ref(),
-                    handle,
-                )
-                .await;
-            };
-            return match f
-                .resolve(
-                    original.name(),
-                    original.query_type(),
-                    original.query_class(),
-                )
-                .await
-            {
-                Ok(reply) => relay(request, reply, response_edns.as_ref(), handle).await,
-                Err(error) => {
-                    tracing::debug!(%error, name = %qname, "forwarding failed");
-                    send_error(
-                        request,
-                        ResponseCode::ServFail,
-                        response_edns.as_ref(),
-                        handle,
+            let reply = match &self.forwarder {
+                None => Err(ResponseCode::Refused),
+                Some(f) => f
+                    .resolve(
+                        original.name(),
+                        original.query_type(),
+                        original.query_class(),
                     )
                     .await
-                }
+                    .map_err(|error| {
+                        tracing::debug!(%error, name = %qname, "forwarding failed");
+                        ResponseCode::ServFail
+                    }),
+            };
+            return match reply {
+                Ok(reply) => relay(request, reply, response_edns, handle).await,
+                Err(code) => send_error(request, code, response_edns, handle).await,
             };
         }
         let mut answers = wire_all(&result.answers);
@@ -338,7 +323,7 @@ impl Handler {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = result.authoritative;
         metadata.response_code = rcode(result.rcode);
-        let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+        let response = MessageResponseBuilder::new(&request.queries, response_edns).build(
             metadata,
             answers.iter(),
             std::iter::empty(),
