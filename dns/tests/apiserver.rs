@@ -1,6 +1,10 @@
 //! svcplane-dns against a real kube-apiserver, asked by real `dig`: objects written through the
 //! API show up in answers, and so do their updates.
 
+mod common;
+
+use common::dig;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -65,18 +69,6 @@ fn start_dns(env: &TestEnv) -> Dns {
         admin,
         _upstream: upstream,
     }
-}
-
-fn dig(addr: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new("dig")
-        .arg(format!("@{}", addr.ip()))
-        .arg("-p")
-        .arg(addr.port().to_string())
-        .args(["+time=1", "+tries=1"])
-        .args(args)
-        .output()
-        .expect("dig is installed (bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Asks until the short answer equals `want` (sorted lines), for at most 15 seconds.

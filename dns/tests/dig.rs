@@ -1,7 +1,10 @@
 //! The server on loopback, asked by real `dig` over UDP and TCP.
 
+mod common;
+
+use common::{dig_async, test_metrics};
+
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,21 +132,6 @@ impl Running {
     }
 }
 
-/// Runs dig (one try, two seconds) and returns its output.
-async fn dig(addr: SocketAddr, args: &[&str]) -> String {
-    let mut cmd = Command::new("dig");
-    cmd.arg(format!("@{}", addr.ip()))
-        .arg("-p")
-        .arg(addr.port().to_string())
-        .args(["+time=2", "+tries=1"])
-        .args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("dig is installed (bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn flags(out: &str) -> String {
     out.lines()
         .find(|l| l.contains(";; flags:"))
@@ -156,9 +144,9 @@ async fn dig_over_udp_and_tcp() {
     let server = start().await;
     let a = server.addr;
     for transport in ["+notcp", "+tcp"] {
-        let out = dig(a, &[transport, "+short", "web.shop.svc.cluster.local", "A"]).await;
+        let out = dig_async(a, &[transport, "+short", "web.shop.svc.cluster.local", "A"]).await;
         assert_eq!(out.trim(), "10.96.0.20", "{transport}");
-        let out = dig(
+        let out = dig_async(
             a,
             &[
                 transport,
@@ -173,10 +161,10 @@ async fn dig_over_udp_and_tcp() {
             "0 100 80 web.shop.svc.cluster.local.",
             "{transport}"
         );
-        let out = dig(a, &[transport, "+short", "-x", "10.96.0.20"]).await;
+        let out = dig_async(a, &[transport, "+short", "-x", "10.96.0.20"]).await;
         assert_eq!(out.trim(), "web.shop.svc.cluster.local.", "{transport}");
     }
-    let out = dig(a, &["WEB.shop.svc.Cluster.Local", "A"]).await;
+    let out = dig_async(a, &["WEB.shop.svc.Cluster.Local", "A"]).await;
     assert!(out.contains("status: NOERROR"), "{out}");
     assert!(flags(&out).contains(" aa"), "authoritative: {out}");
     assert!(
@@ -184,7 +172,7 @@ async fn dig_over_udp_and_tcp() {
         "owner keeps the case: {out}"
     );
 
-    let out = dig(a, &["nope.shop.svc.cluster.local", "A"]).await;
+    let out = dig_async(a, &["nope.shop.svc.cluster.local", "A"]).await;
     assert!(out.contains("status: NXDOMAIN"), "{out}");
     assert!(out.contains("AUTHORITY: 1"), "SOA in authority: {out}");
     assert!(
@@ -194,7 +182,7 @@ async fn dig_over_udp_and_tcp() {
         "{out}"
     );
 
-    let out = dig(a, &["web.shop.svc.cluster.local", "AAAA"]).await;
+    let out = dig_async(a, &["web.shop.svc.cluster.local", "AAAA"]).await;
     assert!(
         out.contains("status: NOERROR")
             && out.contains("ANSWER: 0")
@@ -202,10 +190,10 @@ async fn dig_over_udp_and_tcp() {
         "NODATA: {out}"
     );
 
-    let out = dig(a, &["+short", "dns-version.cluster.local", "TXT"]).await;
+    let out = dig_async(a, &["+short", "dns-version.cluster.local", "TXT"]).await;
     assert_eq!(out.trim(), "\"1.1.0\"");
 
-    let out = dig(a, &["cluster.local", "AXFR"]).await;
+    let out = dig_async(a, &["cluster.local", "AXFR"]).await;
     assert!(
         out.contains("Transfer failed") || out.contains("REFUSED"),
         "{out}"
@@ -218,21 +206,21 @@ async fn answers_fit_the_clients_buffer() {
     let server = start().await;
     let a = server.addr;
     // No EDNS: at most 512 bytes, truncated with TC.
-    let out = dig(
+    let out = dig_async(
         a,
         &["+noedns", "+ignore", "big.shop.svc.cluster.local", "A"],
     )
     .await;
     assert!(flags(&out).contains(" tc"), "TC without EDNS: {out}");
     // A large EDNS buffer holds all 100 records.
-    let out = dig(
+    let out = dig_async(
         a,
         &["+bufsize=4096", "+short", "big.shop.svc.cluster.local", "A"],
     )
     .await;
     assert_eq!(out.lines().count(), 100, "{out}");
     // TCP carries everything.
-    let out = dig(
+    let out = dig_async(
         a,
         &[
             "+tcp",
@@ -245,7 +233,7 @@ async fn answers_fit_the_clients_buffer() {
     .await;
     assert_eq!(out.lines().count(), 100);
     // An EDNS version we do not speak.
-    let out = dig(
+    let out = dig_async(
         a,
         &[
             "+edns=1",
@@ -283,7 +271,7 @@ async fn malformed_packets_do_not_stop_the_server_and_tcp_pipelines() {
     ] {
         udp.send_to(junk, a).await.expect("send");
     }
-    let out = dig(a, &["+short", "web.shop.svc.cluster.local", "A"]).await;
+    let out = dig_async(a, &["+short", "web.shop.svc.cluster.local", "A"]).await;
     assert_eq!(
         out.trim(),
         "10.96.0.20",
@@ -323,8 +311,4 @@ async fn malformed_packets_do_not_stop_the_server_and_tcp_pipelines() {
         ]
     );
     server.stop().await;
-}
-
-fn test_metrics() -> svcplane_dns::metrics::Metrics {
-    svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics")
 }

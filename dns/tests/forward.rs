@@ -1,8 +1,11 @@
 //! Forwarding, against a small upstream DNS server this test runs on loopback.
 
+mod common;
+
+use common::{dig_async, test_metrics};
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,20 +166,6 @@ async fn svcplane_dns(forwarder: Arc<Forwarder>) -> SocketAddr {
     addr
 }
 
-async fn dig(addr: SocketAddr, args: &[&str]) -> String {
-    let mut cmd = Command::new("dig");
-    cmd.arg(format!("@{}", addr.ip()))
-        .arg("-p")
-        .arg(addr.port().to_string())
-        .args(["+time=3", "+tries=1"])
-        .args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("dig");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_caches_and_chases() {
     let upstream = Upstream::default();
@@ -184,7 +173,7 @@ async fn forwards_caches_and_chases() {
     let fwd = Arc::new(Forwarder::new(vec![up], &[], 1000, Duration::from_secs(2)));
     let dns = svcplane_dns(fwd).await;
 
-    let out = dig(dns, &["example.org", "A"]).await;
+    let out = dig_async(dns, &["example.org", "A"]).await;
     assert!(
         out.contains("status: NOERROR") && out.contains("192.0.2.1"),
         "{out}"
@@ -193,7 +182,7 @@ async fn forwards_caches_and_chases() {
         out.contains(" ra") && !out.contains(" aa"),
         "recursive, not authoritative: {out}"
     );
-    let out = dig(dns, &["+short", "example.org", "A"]).await;
+    let out = dig_async(dns, &["+short", "example.org", "A"]).await;
     assert_eq!(out.trim(), "192.0.2.1");
     assert_eq!(
         upstream.asked("example.org. A"),
@@ -202,7 +191,7 @@ async fn forwards_caches_and_chases() {
     );
 
     for _ in 0..2 {
-        let out = dig(dns, &["nx.example.org", "A"]).await;
+        let out = dig_async(dns, &["nx.example.org", "A"]).await;
         assert!(out.contains("status: NXDOMAIN"), "{out}");
     }
     assert_eq!(
@@ -211,21 +200,21 @@ async fn forwards_caches_and_chases() {
         "NXDOMAIN is cached too"
     );
 
-    let out = dig(dns, &["+short", "ext.shop.svc.cluster.local", "A"]).await;
+    let out = dig_async(dns, &["+short", "ext.shop.svc.cluster.local", "A"]).await;
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["example.org.", "192.0.2.1"],
         "CNAME, then its target"
     );
 
-    let out = dig(dns, &["+short", "-x", "192.0.2.1"]).await;
+    let out = dig_async(dns, &["+short", "-x", "192.0.2.1"]).await;
     assert_eq!(
         out.trim(),
         "host.example.org.",
         "reverse names of outside addresses are forwarded"
     );
 
-    let out = dig(dns, &["+bufsize=4096", "+short", "big.example.org", "A"]).await;
+    let out = dig_async(dns, &["+bufsize=4096", "+short", "big.example.org", "A"]).await;
     assert_eq!(
         out.lines().count(),
         100,
@@ -248,7 +237,7 @@ async fn a_dead_upstream_is_servfail_not_a_hang() {
     ));
     let dns = svcplane_dns(fwd).await;
     let start = Instant::now();
-    let out = dig(dns, &["example.org", "A"]).await;
+    let out = dig_async(dns, &["example.org", "A"]).await;
     assert!(out.contains("status: SERVFAIL"), "{out}");
     assert!(
         start.elapsed() < Duration::from_secs(3),
@@ -289,7 +278,7 @@ async fn two_servers_forwarding_to_each_other_detect_the_loop() {
         "A saw its own probe come back through B"
     );
     let start = Instant::now();
-    let out = dig(a_addr, &["example.org", "A"]).await;
+    let out = dig_async(a_addr, &["example.org", "A"]).await;
     assert!(
         out.contains("status: SERVFAIL"),
         "A stopped forwarding: {out}"
@@ -299,10 +288,6 @@ async fn two_servers_forwarding_to_each_other_detect_the_loop() {
         "and answers at once"
     );
     // Cluster names still answer.
-    let out = dig(a_addr, &["+short", "ext.shop.svc.cluster.local", "CNAME"]).await;
+    let out = dig_async(a_addr, &["+short", "ext.shop.svc.cluster.local", "CNAME"]).await;
     assert_eq!(out.trim(), "example.org.");
-}
-
-fn test_metrics() -> svcplane_dns::metrics::Metrics {
-    svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics")
 }
