@@ -3,11 +3,12 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use svcplane_model::ObjectKey;
 use svcplane_model::dns::service_fqdn;
-use svcplane_model::{ObjectKey, Service, ServiceType};
 
-use crate::index::{Index, endpoint_label, ready_addresses};
+use crate::index::{Index, ready_endpoints};
 use crate::name::{QueryName, parse};
+use crate::zone::{ServiceKind, ZonePort, ZoneService};
 
 /// TTL of `dns-version.<zone>`, fixed by the specification.
 const DNS_VERSION_TTL: u32 = 28_800;
@@ -295,15 +296,15 @@ fn lookup(
             let Some(svc) = index.service(namespace, service) else {
                 return Lookup::NxDomain;
             };
-            if svc.type_ == ServiceType::ExternalName {
+            if svc.is_external_name() {
                 return Lookup::NxDomain;
             }
             let ips: Vec<IpAddr> = index
                 .endpoints(&svc.key)
                 .into_iter()
-                .flat_map(ready_addresses)
-                .filter(|(e, ip)| endpoint_label(e, *ip).eq_ignore_ascii_case(endpoint))
-                .map(|(_, ip)| ip)
+                .flat_map(ready_endpoints)
+                .filter(|e| e.label().eq_ignore_ascii_case(endpoint))
+                .map(|e| e.ip)
                 .collect();
             if ips.is_empty() {
                 Lookup::NxDomain
@@ -318,13 +319,13 @@ fn lookup(
 }
 
 /// Ready endpoint addresses of a headless Service, deduplicated.
-fn headless_ips(index: &Index, svc: &Service) -> Vec<IpAddr> {
+fn headless_ips(index: &Index, svc: &ZoneService) -> Vec<IpAddr> {
     let mut seen = HashSet::new();
     index
         .endpoints(&svc.key)
         .into_iter()
-        .flat_map(ready_addresses)
-        .map(|(_, ip)| ip)
+        .flat_map(ready_endpoints)
+        .map(|e| e.ip)
         .filter(|ip| seen.insert(*ip))
         .collect()
 }
@@ -333,12 +334,12 @@ fn service_records(
     index: &Index,
     config: &Config,
     owner: &str,
-    svc: &Service,
+    svc: &ZoneService,
     qtype: QType,
     depth: usize,
 ) -> Lookup {
     let ttl = config.ttl;
-    if svc.type_ == ServiceType::ExternalName {
+    if svc.is_external_name() {
         return external_name(index, config, owner, svc, qtype, depth);
     }
     if svc.is_headless() {
@@ -364,12 +365,12 @@ fn port_records(
     index: &Index,
     config: &Config,
     owner: &str,
-    svc: &Service,
+    svc: &ZoneService,
     port: &str,
     protocol: &str,
     qtype: QType,
 ) -> Lookup {
-    if svc.type_ == ServiceType::ExternalName || port.is_empty() {
+    if svc.is_external_name() || port.is_empty() {
         return Lookup::NxDomain;
     }
     let matching: Vec<_> = svc
@@ -409,8 +410,8 @@ fn weight(candidates: usize) -> u16 {
 fn srv_cluster_ip(
     config: &Config,
     owner: &str,
-    svc: &Service,
-    ports: Vec<&svcplane_model::ServicePort>,
+    svc: &ZoneService,
+    ports: Vec<&ZonePort>,
 ) -> Lookup {
     let target = fqdn(&svc.key, &config.zone);
     let ips = svc.cluster_ips();
@@ -446,7 +447,7 @@ fn srv_headless(
     index: &Index,
     config: &Config,
     owner: &str,
-    svc: &Service,
+    svc: &ZoneService,
     port: Option<(&str, &str)>,
 ) -> Lookup {
     let mut candidates = Vec::new();
@@ -462,13 +463,9 @@ fn srv_headless(
             None => true,
         });
         for p in ports {
-            let Some(number) = p.port else { continue };
-            for endpoint in slice.endpoints.iter().filter(|e| e.conditions.is_ready()) {
-                for ip in &endpoint.addresses {
-                    let label = endpoint_label(endpoint, *ip);
-                    let target = format!("{label}.{}", fqdn(&svc.key, &config.zone));
-                    candidates.push((target, number, *ip));
-                }
+            for endpoint in slice.ready.iter() {
+                let target = format!("{}.{}", endpoint.label(), fqdn(&svc.key, &config.zone));
+                candidates.push((target, p.port, endpoint.ip));
             }
         }
     }
@@ -503,11 +500,11 @@ fn external_name(
     index: &Index,
     config: &Config,
     owner: &str,
-    svc: &Service,
+    svc: &ZoneService,
     qtype: QType,
     depth: usize,
 ) -> Lookup {
-    let Some(target) = svc.external_name.as_deref() else {
+    let ServiceKind::ExternalName(Some(target)) = &svc.kind else {
         return Lookup::NxDomain;
     };
     // An address is no name to point at; CoreDNS treats such a Service as absent.
@@ -579,10 +576,17 @@ fn reverse(index: &Index, config: &Config, owner: &str, ip: IpAddr, qtype: QType
         vec![fqdn(key, &config.zone)]
     } else {
         let mut seen = HashSet::new();
+        // The label is the endpoint's within each owning Service (hostnames may differ).
         index
             .owners_of_endpoint_ip(&ip)
-            .iter()
-            .map(|(key, label)| format!("{label}.{}", fqdn(key, &config.zone)))
+            .flat_map(|key| {
+                index
+                    .endpoints(key)
+                    .into_iter()
+                    .flat_map(ready_endpoints)
+                    .filter(|e| e.ip == ip)
+                    .map(move |e| format!("{}.{}", e.label(), fqdn(key, &config.zone)))
+            })
             .filter(|t| seen.insert(t.clone()))
             .collect()
     };

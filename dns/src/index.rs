@@ -3,11 +3,15 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use imbl::{HashMap, HashSet};
+use imbl::{OrdMap, OrdSet};
 
-use svcplane_model::dns::dashed_ip;
+use svcplane_model::ObjectKey;
 use svcplane_model::tracker::ServiceEndpoints;
-use svcplane_model::{Endpoint, ObjectKey, Service};
+
+use crate::zone::{ZoneEndpoint, ZoneService, ZoneSlice};
+
+/// The endpoints of one Service as the zone keeps them.
+pub type ZoneEndpoints = ServiceEndpoints<ZoneSlice>;
 
 /// Services, their ready endpoints, namespaces and (for `--pods verified`) pod IPs, with the
 /// reverse maps PTR answers need. Each `apply_*` touches only the one object it is given.
@@ -15,41 +19,68 @@ use svcplane_model::{Endpoint, ObjectKey, Service};
 /// The tables are persistent maps: a clone shares everything and costs O(1), and an update
 /// copies only the path it changes. A writer clones the published index, applies a batch and
 /// publishes the result, while readers keep answering from the version they hold, lock-free.
+/// They are B-trees (`OrdMap`), not hash tries: at 100,000 endpoint addresses a trie's
+/// fixed-width nodes cost about 190 bytes an entry, the B-tree about 75 (`examples/memory.rs`).
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     /// namespace → name → Service: looked up by `&str` on every query, without allocating.
-    services: HashMap<Box<str>, HashMap<Box<str>, Arc<Service>>>,
-    endpoints: HashMap<ObjectKey, ServiceEndpoints>,
-    namespaces: HashSet<Box<str>>,
+    services: OrdMap<Box<str>, OrdMap<Box<str>, Arc<ZoneService>>>,
+    endpoints: OrdMap<ObjectKey, ZoneEndpoints>,
+    namespaces: OrdSet<Box<str>>,
     /// Pod IP → namespaces with a pod of that IP (`--pods verified`).
-    pods: HashMap<IpAddr, HashSet<Box<str>>>,
+    pods: OrdMap<IpAddr, OrdSet<Box<str>>>,
     /// Cluster IP → its Service.
-    cluster_ips: HashMap<IpAddr, ObjectKey>,
-    /// Ready endpoint IP → (Service, endpoint label) for every Service it backs.
-    endpoint_ips: HashMap<IpAddr, Vec<(ObjectKey, Box<str>)>>,
+    cluster_ips: OrdMap<IpAddr, Arc<ObjectKey>>,
+    /// Ready endpoint IP → the Services it backs. The endpoint's label is looked up in the
+    /// Service's endpoints when a PTR query asks, rather than stored per address.
+    endpoint_ips: OrdMap<IpAddr, Owners>,
     synced: bool,
     /// SOA serial: when the data last changed, in Unix seconds.
     serial: u32,
 }
 
-/// The label an endpoint answers to: its hostname, else its dashed address.
-pub(crate) fn endpoint_label(endpoint: &Endpoint, ip: IpAddr) -> Box<str> {
-    match &endpoint.hostname {
-        Some(h) => h.clone(),
-        None => dashed_ip(ip).into(),
+/// The Services behind one endpoint address: almost always one, shared, so one pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owners {
+    One(Arc<ObjectKey>),
+    Many(Arc<[Arc<ObjectKey>]>),
+}
+
+impl Owners {
+    fn as_slice(&self) -> &[Arc<ObjectKey>] {
+        match self {
+            Owners::One(key) => std::slice::from_ref(key),
+            Owners::Many(keys) => keys,
+        }
+    }
+
+    fn with(&self, key: &Arc<ObjectKey>) -> Owners {
+        if self.as_slice().iter().any(|k| k == key) {
+            return self.clone();
+        }
+        let mut keys = self.as_slice().to_vec();
+        keys.push(key.clone());
+        Owners::Many(keys.into())
+    }
+
+    fn without(&self, key: &ObjectKey) -> Option<Owners> {
+        let rest: Vec<_> = self
+            .as_slice()
+            .iter()
+            .filter(|k| ***k != *key)
+            .cloned()
+            .collect();
+        match rest.len() {
+            0 => None,
+            1 => rest.into_iter().next().map(Owners::One),
+            _ => Some(Owners::Many(rest.into())),
+        }
     }
 }
 
-/// Ready endpoints of a Service as (endpoint, address) pairs, across all its slices.
-pub(crate) fn ready_addresses(
-    endpoints: &ServiceEndpoints,
-) -> impl Iterator<Item = (&Endpoint, IpAddr)> {
-    endpoints
-        .slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.is_ready())
-        .flat_map(|e| e.addresses.iter().map(move |ip| (e, *ip)))
+/// Ready endpoints of a Service across all its slices, one entry per address.
+pub(crate) fn ready_endpoints(endpoints: &ZoneEndpoints) -> impl Iterator<Item = &ZoneEndpoint> {
+    endpoints.slices.iter().flat_map(|s| s.ready.iter())
 }
 
 impl Index {
@@ -58,53 +89,54 @@ impl Index {
     }
 
     /// Sets or removes a Service.
-    pub fn apply_service(&mut self, key: ObjectKey, service: Option<Arc<Service>>) {
+    pub fn apply_service(&mut self, key: ObjectKey, service: Option<Arc<ZoneService>>) {
         let in_namespace = self.services.entry(key.namespace.clone()).or_default();
-        let old = match service {
-            Some(svc) => {
-                for ip in svc.cluster_ips() {
-                    self.cluster_ips.insert(*ip, key.clone());
-                }
-                in_namespace
-                    .insert(key.name.clone(), svc.clone())
-                    .filter(|old| !Arc::ptr_eq(old, &svc))
-                    .map(|old| (old, Some(svc)))
-            }
-            None => in_namespace.remove(&key.name).map(|old| (old, None)),
+        let old = match &service {
+            Some(svc) => in_namespace.insert(key.name.clone(), svc.clone()),
+            None => in_namespace.remove(&key.name),
         };
         if in_namespace.is_empty() {
             self.services.remove(&key.namespace);
         }
-        // Drop the reverse entries of addresses the Service no longer holds.
-        if let Some((old, new)) = old {
+        // Drop the reverse entries of addresses the Service no longer holds, then add its own.
+        if let Some(old) = old {
             for ip in old.cluster_ips() {
-                let kept = new.as_ref().is_some_and(|n| n.cluster_ips().contains(ip));
-                if !kept && self.cluster_ips.get(ip) == Some(&key) {
+                let kept = service
+                    .as_ref()
+                    .is_some_and(|n| n.cluster_ips().contains(ip));
+                if !kept && self.cluster_ips.get(ip).is_some_and(|k| **k == key) {
                     self.cluster_ips.remove(ip);
                 }
+            }
+        }
+        if let Some(svc) = service {
+            let shared = Arc::new(key);
+            for ip in svc.cluster_ips() {
+                self.cluster_ips.insert(*ip, shared.clone());
             }
         }
     }
 
     /// Sets or removes the endpoints of a Service (all its slices, from the endpoints tracker).
-    pub fn apply_endpoints(&mut self, key: ObjectKey, endpoints: Option<ServiceEndpoints>) {
+    pub fn apply_endpoints(&mut self, key: ObjectKey, endpoints: Option<ZoneEndpoints>) {
         if let Some(old) = self.endpoints.remove(&key) {
-            for (_, ip) in ready_addresses(&old) {
-                if let Some(owners) = self.endpoint_ips.get_mut(&ip) {
-                    owners.retain(|(k, _)| *k != key);
-                    if owners.is_empty() {
-                        self.endpoint_ips.remove(&ip);
-                    }
+            for endpoint in ready_endpoints(&old) {
+                if let Some(owners) = self.endpoint_ips.get(&endpoint.ip) {
+                    match owners.without(&key) {
+                        Some(rest) => self.endpoint_ips.insert(endpoint.ip, rest),
+                        None => self.endpoint_ips.remove(&endpoint.ip),
+                    };
                 }
             }
         }
         if let Some(new) = endpoints {
-            for (endpoint, ip) in ready_addresses(&new) {
-                let label = endpoint_label(endpoint, ip);
-                let owners = self.endpoint_ips.entry(ip).or_default();
-                if !owners.iter().any(|(k, l)| *k == key && *l == label) {
-                    owners.push((key.clone(), label));
-                }
+            let shared = Arc::new(key.clone());
+            for endpoint in ready_endpoints(&new) {
+                let owners = match self.endpoint_ips.get(&endpoint.ip) {
+                    Some(owners) => owners.with(&shared),
+                    None => Owners::One(shared.clone()),
+                };
+                self.endpoint_ips.insert(endpoint.ip, owners);
             }
             self.endpoints.insert(key, new);
         }
@@ -147,11 +179,11 @@ impl Index {
         self.serial
     }
 
-    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ZoneService>> {
         self.services.get(namespace)?.get(name)
     }
 
-    pub fn endpoints(&self, key: &ObjectKey) -> Option<&ServiceEndpoints> {
+    pub fn endpoints(&self, key: &ObjectKey) -> Option<&ZoneEndpoints> {
         self.endpoints.get(key)
     }
 
@@ -164,13 +196,16 @@ impl Index {
     }
 
     pub fn service_of_cluster_ip(&self, ip: &IpAddr) -> Option<&ObjectKey> {
-        self.cluster_ips.get(ip)
+        self.cluster_ips.get(ip).map(|k| &**k)
     }
 
-    pub fn owners_of_endpoint_ip(&self, ip: &IpAddr) -> &[(ObjectKey, Box<str>)] {
+    /// The Services a ready endpoint address backs, in the order they were first seen.
+    pub fn owners_of_endpoint_ip(&self, ip: &IpAddr) -> impl Iterator<Item = &ObjectKey> {
         self.endpoint_ips
             .get(ip)
-            .map(Vec::as_slice)
+            .map(Owners::as_slice)
             .unwrap_or_default()
+            .iter()
+            .map(|k| &**k)
     }
 }

@@ -7,9 +7,8 @@
 //!
 //! [`server`] puts it on the wire (UDP and TCP, EDNS sizes, BADVERS, FORMERR) with hickory;
 //! [`watch`] keeps the index current from the API; [`run`] is the process.
-//! Work in progress: forwarding (names outside the zone are REFUSED for now) and its cache,
-//! metrics, and the fuzz target are still to come. This crate must never call the API on the query
-//! path.
+//! [`forward`] sends everything else upstream through a bounded cache. [`zone`] holds the slim
+//! copies of Services and EndpointSlices the index keeps. Nothing on the query path calls the API.
 
 mod answer;
 pub mod forward;
@@ -19,7 +18,8 @@ mod name;
 pub mod run;
 pub mod server;
 pub mod watch;
+pub mod zone;
 
 pub use answer::{Answer, Config, PodMode, QType, Rcode, Rdata, Record, answer};
-pub use index::Index;
+pub use index::{Index, ZoneEndpoints};
 pub use name::{QueryName, parse};

@@ -21,6 +21,7 @@ use svcplane_model::{EndpointSlice, ObjectKey, Pod, Service};
 
 use crate::Index;
 use crate::metrics::Metrics;
+use crate::zone::{ZoneService, ZoneSlice};
 
 /// One event from any of the watches (boxed: API objects are large and sizes differ).
 enum Update {
@@ -35,12 +36,12 @@ type PodFacts = (Box<str>, Vec<IpAddr>);
 
 /// The watch side's own state: the trackers and what a re-list is collecting.
 struct State {
-    services: ChangeTracker<ObjectKey, Arc<Service>>,
-    slices: EndpointsTracker,
+    services: ChangeTracker<ObjectKey, Arc<ZoneService>>,
+    slices: EndpointsTracker<ZoneSlice>,
     namespaces: ChangeTracker<Box<str>, ()>,
     pods: ChangeTracker<ObjectKey, PodFacts>,
-    relist_services: Vec<(ObjectKey, Arc<Service>)>,
-    relist_slices: Vec<Arc<EndpointSlice>>,
+    relist_services: Vec<(ObjectKey, Arc<ZoneService>)>,
+    relist_slices: Vec<Arc<ZoneSlice>>,
     relist_namespaces: Vec<(Box<str>, ())>,
     relist_pods: Vec<(ObjectKey, PodFacts)>,
     /// Which watches have completed their first list.
@@ -52,18 +53,19 @@ fn key_of<K: Resource>(obj: &K) -> ObjectKey {
     ObjectKey::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-fn convert_service(obj: &ApiService) -> Option<Arc<Service>> {
+/// Converts to the model (which validates), then keeps only what the zone answers from.
+fn convert_service(obj: &ApiService) -> Option<Arc<ZoneService>> {
     Service::try_from(obj)
-        .map(Arc::new)
+        .map(|svc| Arc::new(ZoneService::from(&svc)))
         .map_err(|error| {
             tracing::warn!(service = %key_of(obj), reason = error.reason(), %error, "ignoring a Service that does not convert; its previous version keeps answering");
         })
         .ok()
 }
 
-fn convert_slice(obj: &ApiSlice) -> Option<Arc<EndpointSlice>> {
+fn convert_slice(obj: &ApiSlice) -> Option<Arc<ZoneSlice>> {
     EndpointSlice::try_from(obj)
-        .map(Arc::new)
+        .map(|slice| Arc::new(ZoneSlice::from(&slice)))
         .map_err(|error| {
             // FQDN slices are legitimate, just not served.
             if error.reason() == "unsupported_address_type" {

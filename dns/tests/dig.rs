@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use svcplane_dns::server::{DnsServer, Handler};
+use svcplane_dns::zone::{ZoneService, ZoneSlice};
 use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::tracker::ServiceEndpoints;
 use svcplane_model::{
@@ -44,9 +45,9 @@ fn index() -> Index {
         "web",
         ClusterIps::Ips(vec!["10.96.0.20".parse().expect("ip")]),
     );
-    index.apply_service(web.key.clone(), Some(Arc::new(web)));
+    index.apply_service(web.key.clone(), Some(Arc::new(ZoneService::from(&web))));
     let big = service("big", ClusterIps::Headless);
-    index.apply_service(big.key.clone(), Some(Arc::new(big)));
+    index.apply_service(big.key.clone(), Some(Arc::new(ZoneService::from(&big))));
     let endpoints = (0..100)
         .map(|i| Endpoint {
             addresses: vec![IpAddr::from([10, 244, 7, i as u8])],
@@ -76,7 +77,7 @@ fn index() -> Index {
     index.apply_endpoints(
         ObjectKey::new("shop", "big"),
         Some(ServiceEndpoints {
-            slices: vec![Arc::new(slice)],
+            slices: vec![Arc::new(ZoneSlice::from(&slice))],
         }),
     );
     index.set_synced();

@@ -18,6 +18,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use svcplane_dns::forward::Forwarder;
 use svcplane_dns::server::{DnsServer, Handler};
+use svcplane_dns::zone::ZoneService;
 use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::{ObjectKey, Service, ServiceType};
 
@@ -137,7 +138,7 @@ fn cluster() -> Index {
         external_name: Some("example.org".into()),
         ..Service::new(ObjectKey::new("shop", "ext"), ServiceType::ExternalName)
     };
-    index.apply_service(ext.key.clone(), Some(Arc::new(ext)));
+    index.apply_service(ext.key.clone(), Some(Arc::new(ZoneService::from(&ext))));
     index.set_synced();
     index
 }

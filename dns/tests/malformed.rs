@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use svcplane_dns::server::Handler;
+use svcplane_dns::zone::ZoneService;
 use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType};
 
@@ -18,7 +19,7 @@ fn handler() -> Handler {
         cluster_ips: ClusterIps::Ips(vec!["10.96.0.20".parse().expect("ip")]),
         ..Service::new(ObjectKey::new("shop", "web"), ServiceType::ClusterIp)
     };
-    index.apply_service(web.key.clone(), Some(Arc::new(web)));
+    index.apply_service(web.key.clone(), Some(Arc::new(ZoneService::from(&web))));
     index.set_synced();
     let config = Config {
         zone: "cluster.local".into(),

@@ -120,49 +120,100 @@ fn relist<K: Eq + Hash + Clone, V>(
     updates
 }
 
-/// All EndpointSlices of one Service, ordered by slice name.
-///
-/// Equality compares what endpoints say (addresses, conditions, ports, placement), not slice
-/// bookkeeping such as resource versions or trigger-time annotations, so a rewrite that changes
-/// no endpoint is no change.
-#[derive(Debug, Clone, Default)]
-pub struct ServiceEndpoints {
-    pub slices: Vec<Arc<EndpointSlice>>,
+/// A slice as a consumer keeps it: the model's [`EndpointSlice`], or a consumer's slimmer copy
+/// (DNS keeps only ready addresses and hostnames).
+pub trait TrackedSlice {
+    /// The slice's own namespace and name.
+    fn key(&self) -> &ObjectKey;
+    /// The Service the slice belongs to.
+    fn service(&self) -> &ObjectKey;
+    /// Whether two versions say the same thing to this consumer; bookkeeping such as resource
+    /// versions or trigger-time annotations does not count.
+    fn same_endpoints(&self, other: &Self) -> bool;
 }
 
-impl PartialEq for ServiceEndpoints {
-    fn eq(&self, other: &Self) -> bool {
-        self.slices.len() == other.slices.len()
-            && self.slices.iter().zip(&other.slices).all(|(a, b)| {
-                Arc::ptr_eq(a, b)
-                    || (a.key == b.key
-                        && a.address_type == b.address_type
-                        && a.ports == b.ports
-                        && a.endpoints == b.endpoints)
-            })
+impl TrackedSlice for EndpointSlice {
+    fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+
+    fn service(&self) -> &ObjectKey {
+        &self.service
+    }
+
+    /// Compares what endpoints say (addresses, conditions, ports, placement).
+    fn same_endpoints(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.address_type == other.address_type
+            && self.ports == other.ports
+            && self.endpoints == other.endpoints
     }
 }
 
-impl Eq for ServiceEndpoints {}
-
-/// Tracks EndpointSlices and reports changes per Service, the unit DNS and the proxy work in.
-#[derive(Debug, Default)]
-pub struct EndpointsTracker {
-    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
-    by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    /// For each Service touched since the last drain, its endpoints at that drain.
-    previous: HashMap<ObjectKey, Option<ServiceEndpoints>>,
+/// All EndpointSlices of one Service, ordered by slice name.
+///
+/// Equality is [`TrackedSlice::same_endpoints`] slice by slice, so a rewrite that changes no
+/// endpoint is no change.
+#[derive(Debug)]
+pub struct ServiceEndpoints<S = EndpointSlice> {
+    pub slices: Vec<Arc<S>>,
 }
 
-impl EndpointsTracker {
+impl<S> Clone for ServiceEndpoints<S> {
+    fn clone(&self) -> Self {
+        Self {
+            slices: self.slices.clone(),
+        }
+    }
+}
+
+impl<S> Default for ServiceEndpoints<S> {
+    fn default() -> Self {
+        Self { slices: Vec::new() }
+    }
+}
+
+impl<S: TrackedSlice> PartialEq for ServiceEndpoints<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.slices.len() == other.slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(&other.slices)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.same_endpoints(b))
+    }
+}
+
+impl<S: TrackedSlice> Eq for ServiceEndpoints<S> {}
+
+/// Tracks EndpointSlices and reports changes per Service, the unit DNS and the proxy work in.
+#[derive(Debug)]
+pub struct EndpointsTracker<S = EndpointSlice> {
+    slices: HashMap<ObjectKey, Arc<S>>,
+    by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// For each Service touched since the last drain, its endpoints at that drain.
+    previous: HashMap<ObjectKey, Option<ServiceEndpoints<S>>>,
+}
+
+impl<S> Default for EndpointsTracker<S> {
+    fn default() -> Self {
+        Self {
+            slices: HashMap::new(),
+            by_service: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+}
+
+impl<S: TrackedSlice> EndpointsTracker<S> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets or removes one slice. A slice that moved to another Service touches both.
-    pub fn apply(&mut self, slice_key: ObjectKey, slice: Option<Arc<EndpointSlice>>) {
-        let old_service = self.slices.get(&slice_key).map(|s| s.service.clone());
-        let new_service = slice.as_ref().map(|s| s.service.clone());
+    pub fn apply(&mut self, slice_key: ObjectKey, slice: Option<Arc<S>>) {
+        let old_service = self.slices.get(&slice_key).map(|s| s.service().clone());
+        let new_service = slice.as_ref().map(|s| s.service().clone());
         for svc in old_service.iter().chain(new_service.iter()) {
             if !self.previous.contains_key(svc) {
                 let snapshot = self.endpoints(svc);
@@ -180,7 +231,7 @@ impl EndpointsTracker {
         match slice {
             Some(slice) => {
                 self.by_service
-                    .entry(slice.service.clone())
+                    .entry(slice.service().clone())
                     .or_default()
                     .insert(slice_key.clone());
                 self.slices.insert(slice_key, slice);
@@ -192,16 +243,16 @@ impl EndpointsTracker {
     }
 
     /// Replaces all slices after a re-list; slices missing from `items` are removed.
-    pub fn resync(&mut self, items: impl IntoIterator<Item = Arc<EndpointSlice>>) {
-        let fresh: HashMap<ObjectKey, Arc<EndpointSlice>> =
-            items.into_iter().map(|s| (s.key.clone(), s)).collect();
+    pub fn resync(&mut self, items: impl IntoIterator<Item = Arc<S>>) {
+        let fresh: HashMap<ObjectKey, Arc<S>> =
+            items.into_iter().map(|s| (s.key().clone(), s)).collect();
         for (key, slice) in relist(self.slices.keys().cloned(), fresh) {
             self.apply(key, slice);
         }
     }
 
     /// The current slices of `service`, or `None` when it has none.
-    pub fn endpoints(&self, service: &ObjectKey) -> Option<ServiceEndpoints> {
+    pub fn endpoints(&self, service: &ObjectKey) -> Option<ServiceEndpoints<S>> {
         let keys = self.by_service.get(service)?;
         Some(ServiceEndpoints {
             slices: keys
@@ -221,7 +272,7 @@ impl EndpointsTracker {
     }
 
     /// Takes the per-Service diff since the last drain, leaving out changes that cancelled out.
-    pub fn drain(&mut self) -> Vec<Change<ObjectKey, ServiceEndpoints>> {
+    pub fn drain(&mut self) -> Vec<Change<ObjectKey, ServiceEndpoints<S>>> {
         let touched: Vec<_> = self.previous.drain().collect();
         touched
             .into_iter()

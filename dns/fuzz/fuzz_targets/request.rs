@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 use svcplane_dns::server::Handler;
+use svcplane_dns::zone::ZoneService;
 use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType};
 
@@ -26,7 +27,7 @@ fn handler() -> &'static Handler {
                 external_name: external,
                 ..Service::new(ObjectKey::new("shop", name), type_)
             };
-            index.apply_service(svc.key.clone(), Some(Arc::new(svc)));
+            index.apply_service(svc.key.clone(), Some(Arc::new(ZoneService::from(&svc))));
         }
         index.set_synced();
         let config = Config {

@@ -3,10 +3,12 @@ use std::sync::Arc;
 use svcplane_model::tracker::ServiceEndpoints;
 use svcplane_model::{
     AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, IpFamily, Protocol,
-    ServicePort, TargetPort,
+    Service, ServicePort, ServiceType, TargetPort,
 };
 
 use super::*;
+use crate::ZoneEndpoints;
+use crate::zone::ZoneSlice;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -66,9 +68,9 @@ fn slice(
     service: &str,
     ports: Vec<(&str, Protocol, u16)>,
     endpoints: Vec<Endpoint>,
-) -> ServiceEndpoints {
+) -> ZoneEndpoints {
     ServiceEndpoints {
-        slices: vec![Arc::new(EndpointSlice {
+        slices: vec![Arc::new(ZoneSlice::from(&EndpointSlice {
             key: ObjectKey::new(ns, format!("{service}-abcde")),
             service: ObjectKey::new(ns, service),
             address_type: AddressType::V4,
@@ -85,7 +87,7 @@ fn slice(
             managed_by: None,
             trigger_time: None,
             resource_version: None,
-        })],
+        }))],
     }
 }
 
@@ -104,7 +106,7 @@ fn cluster() -> Index {
         index.apply_namespace(ns, true);
     }
     let mut add = |svc: Service| {
-        index.apply_service(svc.key.clone(), Some(Arc::new(svc)));
+        index.apply_service(svc.key.clone(), Some(Arc::new(ZoneService::from(&svc))));
     };
     add(service(
         "shop",
@@ -545,7 +547,7 @@ fn updates_apply_incrementally() {
         ClusterIps::Ips(vec![ip("10.96.0.21")]),
         vec![port("http", Protocol::Tcp, 80)],
     );
-    index.apply_service(moved.key.clone(), Some(Arc::new(moved)));
+    index.apply_service(moved.key.clone(), Some(Arc::new(ZoneService::from(&moved))));
     assert!(answer(&index, &cfg, "20.0.96.10.in-addr.arpa.", QType::Ptr).forward);
     assert_eq!(
         lines(&answer(&index, &cfg, "21.0.96.10.in-addr.arpa.", QType::Ptr).answers),
@@ -561,10 +563,59 @@ fn updates_apply_incrementally() {
     // A changed ExternalName answers with its new target.
     index.apply_service(
         ObjectKey::new("shop", "ext"),
-        Some(Arc::new(external("shop", "ext", "other.example"))),
+        Some(Arc::new(ZoneService::from(&external(
+            "shop",
+            "ext",
+            "other.example",
+        )))),
     );
     assert_eq!(
         lines(&answer(&index, &cfg, "ext.shop.svc.cluster.local.", QType::Cname).answers),
         ["ext.shop.svc.cluster.local. 5 CNAME other.example."]
     );
+}
+
+#[test]
+fn an_address_backing_several_services_has_a_name_in_each() {
+    let mut index = cluster();
+    let cfg = config();
+    // 10.244.1.5 already backs shop/db as db-0; a second Service selects the same pod.
+    index.apply_service(
+        ObjectKey::new("shop", "db-read"),
+        Some(Arc::new(ZoneService::from(&service(
+            "shop",
+            "db-read",
+            ClusterIps::Headless,
+            vec![port("pg", Protocol::Tcp, 5432)],
+        )))),
+    );
+    index.apply_endpoints(
+        ObjectKey::new("shop", "db-read"),
+        Some(slice(
+            "shop",
+            "db-read",
+            vec![("pg", Protocol::Tcp, 5432)],
+            vec![endpoint("10.244.1.5", None, true)],
+        )),
+    );
+    let ptr = |index: &Index| {
+        let mut got = lines(&answer(index, &cfg, "5.1.244.10.in-addr.arpa.", QType::Ptr).answers);
+        got.sort();
+        got
+    };
+    assert_eq!(
+        ptr(&index),
+        [
+            "5.1.244.10.in-addr.arpa. 5 PTR 10-244-1-5.db-read.shop.svc.cluster.local.",
+            "5.1.244.10.in-addr.arpa. 5 PTR db-0.db.shop.svc.cluster.local.",
+        ]
+    );
+    // Either Service letting go leaves the other's name; both letting go leaves none.
+    index.apply_endpoints(ObjectKey::new("shop", "db"), None);
+    assert_eq!(
+        ptr(&index),
+        ["5.1.244.10.in-addr.arpa. 5 PTR 10-244-1-5.db-read.shop.svc.cluster.local."]
+    );
+    index.apply_endpoints(ObjectKey::new("shop", "db-read"), None);
+    assert!(answer(&index, &cfg, "5.1.244.10.in-addr.arpa.", QType::Ptr).forward);
 }
