@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::dig;
+use common::{admin_get, dig, free_dns_port};
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,19 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use svcplane_testenv::{TestEnv, kubelet};
-
-/// A port free for both UDP and TCP on loopback (bound and released; a clash makes the server
-/// fail to start, which the test reports).
-fn free_dns_port() -> SocketAddr {
-    for _ in 0..20 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = tcp.local_addr().expect("addr");
-        if UdpSocket::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
 
 struct Dns {
     child: Child,
@@ -305,20 +292,6 @@ async fn answers_follow_the_api() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// GET on the admin server, status code only.
-async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.expect("read");
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Helpers shared by the DNS integration tests.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 
 /// Runs `dig` against `addr` (one try, two seconds unless `args` say otherwise; later options
@@ -31,4 +31,31 @@ pub async fn dig_async(addr: SocketAddr, args: &[&str]) -> String {
 
 pub fn test_metrics() -> svcplane_dns::metrics::Metrics {
     svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics")
+}
+
+/// A port free for both UDP and TCP on loopback (bound and released; a clash makes the server
+/// fail to start, which the test reports).
+pub fn free_dns_port() -> SocketAddr {
+    for _ in 0..20 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+/// GET on the admin server, status code only.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.expect("read");
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status")
 }

@@ -317,6 +317,19 @@ impl TestEnv {
         &self.kubeconfig_path
     }
 
+    /// Writes a kubeconfig that authenticates with `token` (e.g. a ServiceAccount's) into the
+    /// environment's directory, for processes that should run with that identity.
+    pub fn write_kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let mut kc = self.kubeconfig.clone();
+        kc["users"][0]["user"] = json!({ "token": token });
+        let path = self.dir.join(name);
+        std::fs::write(&path, kc.to_string()).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
     pub fn server_url(&self) -> &str {
         &self.server_url
     }
