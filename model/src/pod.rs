@@ -1,6 +1,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::convert::{boxed, convert_all, ip, port, required};
 use crate::service::{Protocol, ServicePort, TargetPort};
@@ -17,6 +18,8 @@ pub struct Pod {
     pub phase: PodPhase,
     /// The `Ready` condition is `True`.
     pub ready: bool,
+    /// When the `Ready` condition last changed (`lastTransitionTime`), for trigger times.
+    pub ready_since: Option<Timestamp>,
     /// `metadata.deletionTimestamp` is set.
     pub terminating: bool,
     pub hostname: Option<Box<str>>,
@@ -101,11 +104,14 @@ impl TryFrom<&core::Pod> for Pod {
                 });
             }
         };
-        let ready = status
+        let ready_condition = status
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
             .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+            .find(|c| c.type_ == "Ready");
+        let ready = ready_condition.is_some_and(|c| c.status == "True");
+        let ready_since =
+            ready_condition.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0));
 
         let sidecars = spec
             .and_then(|s| s.init_containers.as_ref())
@@ -140,6 +146,7 @@ impl TryFrom<&core::Pod> for Pod {
             ips,
             phase,
             ready,
+            ready_since,
             terminating: meta.deletion_timestamp.is_some(),
             hostname: spec.and_then(|s| boxed(&s.hostname)),
             subdomain: spec.and_then(|s| boxed(&s.subdomain)),

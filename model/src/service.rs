@@ -3,6 +3,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::convert::{boxed, cidr, convert_all, in_range, ip, port, required};
 use crate::{
@@ -39,8 +40,13 @@ pub struct Service {
     pub publish_not_ready_addresses: bool,
     /// `spec.trafficDistribution`, e.g. `PreferClose`.
     pub traffic_distribution: Option<Box<str>>,
-    /// `service.kubernetes.io/topology-mode` (or its deprecated predecessor), e.g. `Auto`.
+    /// `service.kubernetes.io/topology-mode`, e.g. `Auto`; the deprecated
+    /// `topology-aware-hints` wins when present, as upstream.
     pub topology_mode: Option<Box<str>>,
+    /// `metadata.creationTimestamp`: the trigger time of a Service's first sync.
+    pub created: Option<Timestamp>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +180,8 @@ impl Service {
             publish_not_ready_addresses: false,
             traffic_distribution: None,
             topology_mode: None,
+            created: None,
+            deleting: false,
         }
     }
 
@@ -334,10 +342,9 @@ impl TryFrom<&core::Service> for Service {
         let annotations = meta.annotations.as_ref();
         let topology_mode = annotations
             .and_then(|a| {
-                a.get(ANNOTATION_TOPOLOGY_MODE)
-                    .or_else(|| a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS))
+                a.get(ANNOTATION_TOPOLOGY_AWARE_HINTS)
+                    .or_else(|| a.get(ANNOTATION_TOPOLOGY_MODE))
             })
-            .filter(|v| !v.is_empty())
             .map(|v| v.as_str().into());
 
         Ok(Service {
@@ -371,6 +378,8 @@ impl TryFrom<&core::Service> for Service {
             publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
             traffic_distribution: boxed(&spec.traffic_distribution),
             topology_mode,
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: meta.deletion_timestamp.is_some(),
         })
     }
 }

@@ -1,0 +1,262 @@
+//! What a Service's endpoints should be, from its pods: the rules of upstream's
+//! `ShouldPodBeInEndpoints`, `podToEndpoint`, `getEndpointPorts` and `FindPort`
+//! (`docs/upstream/endpoint-controllers.md` §1, §3.2, §3.3). Pure: no API, no clock.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone,
+};
+use svcplane_model::{AddressType, ClusterIps, IpFamily, Pod, Service, ServicePort};
+
+/// A pod counts unless it has finished, has no IP yet, or is terminating when terminating pods
+/// are not wanted.
+pub fn include_pod(pod: &Pod, include_terminating: bool) -> bool {
+    !pod.is_terminal() && !pod.ips.is_empty() && (include_terminating || !pod.terminating)
+}
+
+/// `hostname` is published only for a pod that names itself into this Service's subdomain.
+pub fn hostname_for(pod: &Pod, svc: &Service) -> Option<String> {
+    let hostname = pod.hostname.as_deref().filter(|h| !h.is_empty())?;
+    (pod.subdomain.as_deref() == Some(&*svc.key.name) && pod.key.namespace == svc.key.namespace)
+        .then(|| hostname.to_owned())
+}
+
+pub fn family_of(ip: &IpAddr) -> AddressType {
+    match ip {
+        IpAddr::V4(_) => AddressType::V4,
+        IpAddr::V6(_) => AddressType::V6,
+    }
+}
+
+fn family_type(family: IpFamily) -> AddressType {
+    match family {
+        IpFamily::V4 => AddressType::V4,
+        IpFamily::V6 => AddressType::V6,
+    }
+}
+
+pub fn address_type_name(t: AddressType) -> &'static str {
+    match t {
+        AddressType::V4 => "IPv4",
+        AddressType::V6 => "IPv6",
+    }
+}
+
+/// The address types a Service gets slices for: one per IP family; without families, the
+/// cluster IP's; a headless Service without families gets both.
+pub fn address_types(svc: &Service) -> Vec<AddressType> {
+    if !svc.ip_families.is_empty() {
+        let mut types: Vec<AddressType> = svc.ip_families.iter().map(|f| family_type(*f)).collect();
+        types.dedup();
+        return types;
+    }
+    match &svc.cluster_ips {
+        ClusterIps::Ips(ips) if !ips.is_empty() => vec![family_of(&ips[0])],
+        _ => vec![AddressType::V4, AddressType::V6],
+    }
+}
+
+/// The family the v1 Endpoints of a Service uses: its first IP family, else its cluster IP's;
+/// `None` means "each pod's primary IP".
+pub fn endpoints_family(svc: &Service) -> Option<AddressType> {
+    if let Some(first) = svc.ip_families.first() {
+        return Some(family_type(*first));
+    }
+    match &svc.cluster_ips {
+        ClusterIps::Ips(ips) if !ips.is_empty() => Some(family_of(&ips[0])),
+        _ => None,
+    }
+}
+
+pub fn is_headless(svc: &Service) -> bool {
+    !matches!(&svc.cluster_ips, ClusterIps::Ips(ips) if !ips.is_empty())
+}
+
+pub fn pod_reference(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Pod".into()),
+        namespace: Some(pod.key.namespace.to_string()),
+        name: Some(pod.key.name.to_string()),
+        uid: pod.uid.as_deref().map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+/// A Service port resolved for one pod: `None` when the pod has no port of that name.
+pub fn resolve(pod: &Pod, port: &ServicePort) -> Option<i32> {
+    pod.resolve_port(port).map(i32::from)
+}
+
+/// The slice ports a pod is published under, sorted: the grouping key of its slices.
+pub fn slice_ports(svc: &Service, pod: &Pod) -> Vec<EndpointPort> {
+    let mut ports: Vec<EndpointPort> = svc
+        .ports
+        .iter()
+        .filter_map(|p| {
+            Some(EndpointPort {
+                name: Some(p.name.to_string()),
+                port: Some(resolve(pod, p)?),
+                protocol: Some(p.protocol.as_str().to_owned()),
+                app_protocol: p.app_protocol.as_deref().map(str::to_owned),
+            })
+        })
+        .collect();
+    sort_ports(&mut ports);
+    ports
+}
+
+/// A total order on slice ports, used for grouping and for the order written.
+pub fn port_key(p: &EndpointPort) -> (&str, i32, &str, &str) {
+    (
+        p.name.as_deref().unwrap_or(""),
+        p.port.unwrap_or(0),
+        p.protocol.as_deref().unwrap_or("TCP"),
+        p.app_protocol.as_deref().unwrap_or(""),
+    )
+}
+
+pub fn sort_ports(ports: &mut [EndpointPort]) {
+    ports.sort_by(|a, b| port_key(a).cmp(&port_key(b)));
+}
+
+/// A hashable, ordered form of a port list: what groups endpoints into slices.
+pub type PortSet = Vec<(String, i32, String, String)>;
+
+pub fn port_set(ports: &[EndpointPort]) -> PortSet {
+    let mut set: PortSet = ports
+        .iter()
+        .map(|p| {
+            let (n, port, proto, app) = port_key(p);
+            (n.to_owned(), port, proto.to_owned(), app.to_owned())
+        })
+        .collect();
+    set.sort();
+    set
+}
+
+/// How a Service asks for hints on its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintMode {
+    None,
+    /// `trafficDistribution: PreferClose` or `PreferSameZone`: each ready endpoint for its zone.
+    SameZone,
+    /// `trafficDistribution: PreferSameNode`: zone and node.
+    SameNode,
+    /// `topology-mode: Auto`: CPU-proportional zone allocation (not implemented; no hints).
+    Auto,
+}
+
+pub fn hint_mode(svc: &Service) -> HintMode {
+    if let Some(mode) = svc.topology_mode.as_deref() {
+        // The annotation, when present, decides alone (even a value that disables hints).
+        return if mode.eq_ignore_ascii_case("auto") {
+            HintMode::Auto
+        } else {
+            HintMode::None
+        };
+    }
+    match svc.traffic_distribution.as_deref() {
+        Some("PreferClose" | "PreferSameZone") => HintMode::SameZone,
+        Some("PreferSameNode") => HintMode::SameNode,
+        _ => HintMode::None,
+    }
+}
+
+/// The slice endpoint for a pod, for one address type. `zone` is the pod's Node's zone label.
+pub fn slice_endpoint(
+    svc: &Service,
+    pod: &Pod,
+    address_type: AddressType,
+    zone: Option<&str>,
+    hints: HintMode,
+) -> Endpoint {
+    let serving = pod.ready;
+    let terminating = pod.terminating;
+    let ready = svc.publish_not_ready_addresses || (serving && !terminating);
+    let node_name = pod.node_name.as_deref().filter(|n| !n.is_empty());
+    let zone = zone.filter(|z| !z.is_empty());
+    let hints = match hints {
+        HintMode::SameZone | HintMode::SameNode if ready => {
+            let for_zones = zone.map(|z| vec![ForZone { name: z.to_owned() }]);
+            let for_nodes = match hints {
+                HintMode::SameNode => node_name.map(|n| vec![ForNode { name: n.to_owned() }]),
+                _ => None,
+            };
+            (for_zones.is_some() || for_nodes.is_some()).then_some(EndpointHints {
+                for_zones,
+                for_nodes,
+            })
+        }
+        _ => None,
+    };
+    Endpoint {
+        addresses: pod
+            .ips
+            .iter()
+            .filter(|ip| family_of(ip) == address_type)
+            .map(|ip| ip.to_string())
+            .collect(),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
+        hostname: hostname_for(pod, svc),
+        node_name: node_name.map(str::to_owned),
+        zone: zone.map(str::to_owned),
+        target_ref: Some(pod_reference(pod)),
+        hints,
+        deprecated_topology: None,
+    }
+}
+
+/// Desired slice endpoints of one address type, grouped by port set.
+#[derive(Debug, Default)]
+pub struct SliceGroups {
+    pub groups: BTreeMap<PortSet, (Vec<EndpointPort>, Vec<Endpoint>)>,
+    /// Pods left out because their Node is unknown (the sync is retried, as upstream).
+    pub missing_nodes: usize,
+}
+
+/// Groups the pods of a Service into slice endpoints for `address_type`. `zone_of` answers
+/// `Some(zone label)` for a known Node (`Some(None)` when it has no zone), `None` for an
+/// unknown one.
+pub fn slice_groups<'p, 'z>(
+    svc: &Service,
+    pods: impl IntoIterator<Item = &'p Pod>,
+    address_type: AddressType,
+    zone_of: &dyn Fn(&str) -> Option<Option<&'z str>>,
+) -> SliceGroups {
+    let hints = hint_mode(svc);
+    let mut out = SliceGroups::default();
+    for pod in pods {
+        if !include_pod(pod, true) {
+            continue;
+        }
+        let zone = match zone_of(pod.node_name.as_deref().unwrap_or("")) {
+            Some(zone) => zone,
+            None if svc.publish_not_ready_addresses => None,
+            None => {
+                out.missing_nodes += 1;
+                continue;
+            }
+        };
+        let ports = slice_ports(svc, pod);
+        let endpoint = slice_endpoint(svc, pod, address_type, zone, hints);
+        let group = out
+            .groups
+            .entry(port_set(&ports))
+            .or_insert_with(|| (ports, Vec::new()));
+        // A pod without an address of this family still records its port group.
+        if !endpoint.addresses.is_empty() {
+            group.1.push(endpoint);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,8 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = svcplane_endpoints::run::Args::parse();
+    args.log.init()?;
+    svcplane_endpoints::run::run(args).await
+}

@@ -1,0 +1,157 @@
+//! The `svcplane-endpoints` process: flags, wiring, lifecycle.
+
+use std::time::Duration;
+
+use svcplane_runtime::{AdminArgs, AdminServer, ClientArgs, Health, LogArgs};
+use tokio::sync::watch;
+
+use crate::controller::{Controller, Settings};
+use crate::leader::LeaderArgs;
+
+/// svcplane-endpoints: Endpoints, EndpointSlices and EndpointSlice mirroring for Services.
+#[derive(Debug, clap::Parser)]
+#[command(name = "svcplane-endpoints", version, about)]
+pub struct Args {
+    /// Most endpoints one EndpointSlice takes (1-1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_endpoints_per_slice: u16,
+    /// Services synced at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub concurrent_syncs: u16,
+    /// Every Service is synced again this often, to heal anything missed.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+    /// `endpointslice.kubernetes.io/managed-by` of the slices written for selector Services.
+    #[arg(long, default_value = "endpointslice.svcplane.dev")]
+    pub slice_manager: String,
+    /// `endpointslice.kubernetes.io/managed-by` of mirrored slices.
+    #[arg(long, default_value = "endpointslicemirroring.svcplane.dev")]
+    pub mirror_manager: String,
+    /// Which controllers run: any of endpoints, endpointslice, mirroring.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "endpoints,endpointslice,mirroring"
+    )]
+    pub controllers: Vec<ControllerName>,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ControllerName {
+    Endpoints,
+    Endpointslice,
+    Mirroring,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} is not a duration like 5s, 500ms or 5m")),
+    }
+}
+
+impl Args {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        if !self.controllers.contains(&ControllerName::Endpointslice) {
+            anyhow::bail!("--controllers must include endpointslice");
+        }
+        Ok(Settings {
+            max_endpoints_per_slice: usize::from(self.max_endpoints_per_slice),
+            workers: usize::from(self.concurrent_syncs),
+            resync: self.resync_period,
+            slice_manager: self.slice_manager.clone(),
+            mirror_manager: self.mirror_manager.clone(),
+            endpoints: self.controllers.contains(&ControllerName::Endpoints),
+            mirroring: self.controllers.contains(&ControllerName::Mirroring),
+        })
+    }
+}
+
+/// A name unique to this process: the pod name (HOSTNAME) and the process id.
+fn identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "svcplane-endpoints".into());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let client = args.client.client().await?;
+    let health = Health::new();
+    let registry = prometheus::Registry::new();
+    let metrics = crate::metrics::Metrics::register(&registry)?;
+    let identity = identity();
+    let controller = Controller::new(client.clone(), settings, metrics.clone(), identity.clone());
+    let admin = AdminServer::bind(args.admin.admin_addr).await?;
+    tracing::info!(admin = %admin.local_addr()?, %identity, leader_elect = args.leader.leader_elect, "starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (leading_tx, leading_rx) = watch::channel(!args.leader.leader_elect);
+    let election = if args.leader.leader_elect {
+        Some(tokio::spawn(crate::leader::run(
+            client,
+            args.leader.clone(),
+            identity,
+            leading_tx,
+            stopped(stop_rx.clone()),
+        )))
+    } else {
+        drop(leading_tx);
+        None
+    };
+    let leader_metric = {
+        let mut rx = leading_rx.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.set_leader(*rx.borrow_and_update());
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let ready = health.clone();
+    let watcher = {
+        let c = controller.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { c.watch(move || ready.set_ready(true), stop).await })
+    };
+    let workers = {
+        let c = controller.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { c.work(leading_rx, stop).await })
+    };
+    let admin_task = tokio::spawn(admin.serve(registry, health.clone(), stopped(stop_rx.clone())));
+
+    svcplane_runtime::shutdown_signal().await;
+    tracing::info!("stopping");
+    health.set_live(false);
+    let _ = stop_tx.send(true);
+    let _ = workers.await;
+    if let Some(e) = election {
+        let _ = e.await;
+    }
+    let _ = watcher.await;
+    leader_metric.abort();
+    let _ = admin_task.await;
+    Ok(())
+}
