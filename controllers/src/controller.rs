@@ -507,12 +507,14 @@ impl Controller {
         let mut shutdown = pin!(shutdown);
         let resync = self.settings.resync;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+        // Without leader election the sender is gone from the start and the value is final.
+        let mut final_value = false;
         loop {
             // Wait to lead.
             while !*leader.borrow_and_update() {
                 tokio::select! {
                     _ = &mut shutdown => return,
-                    changed = leader.changed() => if changed.is_err() { return },
+                    changed = leader.changed(), if !final_value => final_value = changed.is_err(),
                 }
             }
             tracing::info!("leading: syncing Services");
@@ -527,8 +529,9 @@ impl Controller {
                 tokio::select! {
                     _ = &mut shutdown => break false,
                     _ = ticker.tick() => self.enqueue_all(),
-                    changed = leader.changed() => {
-                        if changed.is_err() || !*leader.borrow_and_update() {
+                    changed = leader.changed(), if !final_value => {
+                        final_value = changed.is_err();
+                        if !*leader.borrow_and_update() {
                             break true;
                         }
                     }
@@ -557,7 +560,14 @@ impl Controller {
             let ok = result.is_ok();
             if let Err(error) = &result {
                 let _enter = span.enter();
-                tracing::warn!(%error, "sync failed; retrying with backoff");
+                match error {
+                    // Expected right after our own writes, until their events arrive.
+                    SyncError::Stale(_) => tracing::debug!(%error, "retrying with backoff"),
+                    SyncError::Api(kube::Error::Api(s)) if s.code == 409 => {
+                        tracing::debug!(%error, "conflict; retrying with backoff")
+                    }
+                    _ => tracing::warn!(%error, "sync failed; retrying with backoff"),
+                }
             }
             self.queue.done(&key, ok);
             self.metrics.finished(ok, since.elapsed());

@@ -188,7 +188,8 @@ fn named_target_ports_resolve_per_pod_and_group_pods() {
         ..pod("ns", "c", "web", "10.244.0.7")
     };
     let groups = slice_groups(&svc, [&a, &b, &c], AddressType::V4, &zone_of);
-    let mut seen: Vec<(Vec<(String, i32)>, Vec<String>)> = groups
+    type Group = (Vec<(String, i32)>, Vec<String>);
+    let mut seen: Vec<Group> = groups
         .groups
         .values()
         .map(|(ports, eps)| {

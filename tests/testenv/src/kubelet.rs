@@ -146,7 +146,7 @@ impl PodBuilder {
 }
 
 /// Reports a running pod's status as its kubelet would: phase Running, the IPs, and the Ready
-/// (and ContainersReady) condition.
+/// (and ContainersReady) condition, stamped with the time it changed.
 pub async fn set_pod_running(
     client: &Client,
     namespace: &str,
@@ -155,6 +155,7 @@ pub async fn set_pod_running(
     ready: bool,
 ) -> Result<Pod> {
     let status = if ready { "True" } else { "False" };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let ips: Vec<_> = ips
         .iter()
         .map(|ip| json!({ "ip": ip.to_string() }))
@@ -164,8 +165,8 @@ pub async fn set_pod_running(
         "podIP": ips.first().map(|v| v["ip"].clone()),
         "podIPs": ips,
         "conditions": [
-            { "type": "Ready", "status": status },
-            { "type": "ContainersReady", "status": status },
+            { "type": "Ready", "status": status, "lastTransitionTime": now },
+            { "type": "ContainersReady", "status": status, "lastTransitionTime": now },
         ],
     }});
     Ok(Api::<Pod>::namespaced(client.clone(), namespace)
