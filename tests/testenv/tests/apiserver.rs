@@ -111,6 +111,8 @@ async fn cluster_ip_service_gets_an_address_and_converts() {
         publish_not_ready_addresses: false,
         traffic_distribution: None,
         topology_mode: None,
+        created: stored.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        deleting: false,
     };
     assert!(expected.uid.is_some(), "the API server assigns a uid");
     assert_eq!(svc, expected);
@@ -197,6 +199,8 @@ async fn node_port_service_gets_a_node_port_and_converts() {
         publish_not_ready_addresses: true,
         traffic_distribution: None,
         topology_mode: Some("Auto".into()),
+        created: stored.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        deleting: false,
     };
     assert_eq!(svc, expected);
     assert!(svc.wants_topology_hints());
@@ -253,6 +257,13 @@ async fn nodes_and_pods_take_the_kubelets_part() {
             ips: vec![pod_ip],
             phase: model::PodPhase::Running,
             ready: true,
+            ready_since: stored
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
             terminating: false,
             hostname: Some("web-0".into()),
             subdomain: Some("web".into()),
