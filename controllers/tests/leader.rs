@@ -58,10 +58,17 @@ async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
     let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
     let ns = "ha";
-    kubelet::create_namespace(&client, ns).await.expect("namespace");
-    kubelet::create_node(&client, "node-a", Some("zone-a"), "192.0.2.1".parse().expect("ip"))
+    kubelet::create_namespace(&client, ns)
         .await
-        .expect("node");
+        .expect("namespace");
+    kubelet::create_node(
+        &client,
+        "node-a",
+        Some("zone-a"),
+        "192.0.2.1".parse().expect("ip"),
+    )
+    .await
+    .expect("node");
     let mut a = Some(replica(&env, "replica-a"));
     let b = replica(&env, "replica-b");
     // Both report ready: a follower is ready once its caches are.
@@ -73,50 +80,104 @@ async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
     })
     .await;
     let a_leads = leader.starts_with("replica-a");
-    let (mut dying, survivor) = if a_leads { (a.take(), b) } else { (Some(b), a.take().expect("a")) };
+    let (mut dying, survivor) = if a_leads {
+        (a.take(), b)
+    } else {
+        (Some(b), a.take().expect("a"))
+    };
     let dying_ref = dying.as_ref().expect("leader");
-    assert_eq!(metric(dying_ref, "svcplane_endpoints_leader").await, Some(1.0));
-    assert_eq!(metric(&survivor, "svcplane_endpoints_leader").await, Some(0.0));
+    assert_eq!(
+        metric(dying_ref, "svcplane_endpoints_leader").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&survivor, "svcplane_endpoints_leader").await,
+        Some(0.0)
+    );
 
     let port = || vec![service_port("http", 80, IntOrString::Int(8080))];
-    create_service(&client, &selector_service(ns, "one", &[("app", "one")], port())).await;
-    running_pod(&client, PodBuilder::new(ns, "one-0").label("app", "one").node("node-a"), "10.244.3.1", true)
-        .await;
-    eventually(Duration::from_secs(20), "Endpoints from the first leader", || async {
-        match get_endpoints(&client, ns, "one").await {
-            Some(ep) if endpoints_lines(&ep) == ["10.244.3.1 ready http:8080"] => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    create_service(
+        &client,
+        &selector_service(ns, "one", &[("app", "one")], port()),
+    )
+    .await;
+    running_pod(
+        &client,
+        PodBuilder::new(ns, "one-0")
+            .label("app", "one")
+            .node("node-a"),
+        "10.244.3.1",
+        true,
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "Endpoints from the first leader",
+        || async {
+            match get_endpoints(&client, ns, "one").await {
+                Some(ep) if endpoints_lines(&ep) == ["10.244.3.1 ready http:8080"] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 
     // The leader dies without releasing the Lease; changes keep coming meanwhile.
     let killed_at = Instant::now();
     drop(dying.take());
-    create_service(&client, &selector_service(ns, "two", &[("app", "two")], port())).await;
-    running_pod(&client, PodBuilder::new(ns, "two-0").label("app", "two").node("node-a"), "10.244.3.2", true)
-        .await;
-    kubelet::set_pod_running(&client, ns, "one-0", &["10.244.3.1".parse().expect("ip")], false)
-        .await
-        .expect("flip");
+    create_service(
+        &client,
+        &selector_service(ns, "two", &[("app", "two")], port()),
+    )
+    .await;
+    running_pod(
+        &client,
+        PodBuilder::new(ns, "two-0")
+            .label("app", "two")
+            .node("node-a"),
+        "10.244.3.2",
+        true,
+    )
+    .await;
+    kubelet::set_pod_running(
+        &client,
+        ns,
+        "one-0",
+        &["10.244.3.1".parse().expect("ip")],
+        false,
+    )
+    .await
+    .expect("flip");
 
-    eventually(Duration::from_secs(20), "the survivor writes what changed", || async {
-        let one = get_endpoints(&client, ns, "one").await.map(|e| endpoints_lines(&e));
-        let two = get_endpoints(&client, ns, "two").await.map(|e| endpoints_lines(&e));
-        let two_slices = seen(&slices(&client, ns, "two", SLICE_MANAGER).await).len();
-        let want_one = vec!["10.244.3.1 notready http:8080".to_owned()];
-        let want_two = vec!["10.244.3.2 ready http:8080".to_owned()];
-        if one.as_ref() == Some(&want_one) && two.as_ref() == Some(&want_two) && two_slices == 1 {
-            Ok(())
-        } else {
-            Err(format!("{one:?} {two:?} slices={two_slices}"))
-        }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the survivor writes what changed",
+        || async {
+            let one = get_endpoints(&client, ns, "one")
+                .await
+                .map(|e| endpoints_lines(&e));
+            let two = get_endpoints(&client, ns, "two")
+                .await
+                .map(|e| endpoints_lines(&e));
+            let two_slices = seen(&slices(&client, ns, "two", SLICE_MANAGER).await).len();
+            let want_one = vec!["10.244.3.1 notready http:8080".to_owned()];
+            let want_two = vec!["10.244.3.2 ready http:8080".to_owned()];
+            if one.as_ref() == Some(&want_one) && two.as_ref() == Some(&want_two) && two_slices == 1
+            {
+                Ok(())
+            } else {
+                Err(format!("{one:?} {two:?} slices={two_slices}"))
+            }
+        },
+    )
     .await;
     let took = killed_at.elapsed();
     let new_holder = holder(&client).await.expect("holder");
     assert!(!new_holder.starts_with(if a_leads { "replica-a" } else { "replica-b" }));
-    assert_eq!(metric(&survivor, "svcplane_endpoints_leader").await, Some(1.0));
+    assert_eq!(
+        metric(&survivor, "svcplane_endpoints_leader").await,
+        Some(1.0)
+    );
     // Lease duration 3 s, retry 0.5 s: the take-over and the catch-up fit in well under 10 s.
     assert!(took < Duration::from_secs(10), "took over after {took:?}");
 
@@ -137,8 +198,16 @@ async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
         .filter_map(|l| l.split('`').next())
         .map(|n| format!("svcplane_endpoints_{n}"))
         .collect();
-    assert!(exported.is_subset(&documented), "undocumented: {:?}", exported.difference(&documented));
+    assert!(
+        exported.is_subset(&documented),
+        "undocumented: {:?}",
+        exported.difference(&documented)
+    );
     // A labelled metric appears once it has a value; nothing was rejected in this run.
     let missing: Vec<_> = documented.difference(&exported).collect();
-    assert_eq!(missing, ["svcplane_endpoints_rejected_objects_total"], "not exported: {missing:?}");
+    assert_eq!(
+        missing,
+        ["svcplane_endpoints_rejected_objects_total"],
+        "not exported: {missing:?}"
+    );
 }

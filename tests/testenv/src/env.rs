@@ -317,6 +317,32 @@ impl TestEnv {
         &self.kubeconfig_path
     }
 
+    /// Starts the pinned kube-controller-manager against this control plane, running only
+    /// `controllers` (e.g. `endpointslice-controller`), without leader election or a serving
+    /// port; its log is `kube-controller-manager.log` in the environment's directory. It stops
+    /// when the returned value is dropped (or this process dies).
+    pub async fn start_controller_manager(&self, controllers: &str) -> Result<ControllerManager> {
+        let binaries = tokio::task::spawn_blocking(crate::ensure_binaries_with_controller_manager)
+            .await
+            .map_err(|e| Error::Precondition(format!("build task failed: {e}")))??;
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig_path.display()),
+            format!("--controllers={controllers}"),
+            "--leader-elect=false".to_owned(),
+            "--secure-port=0".to_owned(),
+        ];
+        let log = self.dir.join("kube-controller-manager.log");
+        let mut process = Process::spawn(
+            "kube-controller-manager",
+            &binaries.kube_controller_manager(),
+            &args,
+            log,
+        )?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        process.check_running()?;
+        Ok(ControllerManager { process })
+    }
+
     /// Writes a kubeconfig that authenticates with `token` (e.g. a ServiceAccount's) into the
     /// environment's directory, for processes that should run with that identity.
     pub fn write_kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf> {
@@ -427,5 +453,21 @@ async fn wait_for_port(process: &mut Process, port: u16) -> Result<()> {
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running kube-controller-manager (see [`TestEnv::start_controller_manager`]).
+#[derive(Debug)]
+pub struct ControllerManager {
+    process: Process,
+}
+
+impl ControllerManager {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.process.log
     }
 }

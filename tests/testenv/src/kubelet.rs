@@ -174,15 +174,34 @@ pub async fn set_pod_running(
         .await?)
 }
 
-/// Sets only the phase, e.g. `Succeeded` or `Failed` for a finished pod.
+/// Sets the phase. A finished pod (`Succeeded` or `Failed`) is also reported not ready, in the
+/// same status write, as a kubelet does when its containers stop.
 pub async fn set_pod_phase(
     client: &Client,
     namespace: &str,
     name: &str,
     phase: &str,
 ) -> Result<Pod> {
-    let patch = json!({ "status": { "phase": phase } });
-    Ok(Api::<Pod>::namespaced(client.clone(), namespace)
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let mut patch = json!({ "status": { "phase": phase } });
+    if matches!(phase, "Succeeded" | "Failed") {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        // Conditions are a list: replace it whole, keeping the others.
+        let current = api.get(name).await?;
+        let mut conditions: Vec<serde_json::Value> = current
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ != "Ready" && c.type_ != "ContainersReady")
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
+        for type_ in ["Ready", "ContainersReady"] {
+            conditions.push(json!({ "type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": now }));
+        }
+        patch["status"]["conditions"] = json!(conditions);
+    }
+    Ok(api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?)
 }

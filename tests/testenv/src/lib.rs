@@ -16,5 +16,5 @@ pub mod kubelet;
 mod process;
 
 pub use binaries::{Binaries, ensure_binaries, ensure_binaries_with_controller_manager};
-pub use env::{Options, TestEnv};
+pub use env::{ControllerManager, Options, TestEnv};
 pub use error::{Error, Result};
