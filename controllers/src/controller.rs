@@ -131,10 +131,38 @@ fn key_of<K: Resource>(obj: &K) -> ObjectKey {
     ObjectKey::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// API clients: one per controller for writes, each with its own rate limiter (as
+/// kube-controller-manager gives each controller its own client), and one for the watches.
+#[derive(Clone)]
+pub struct Clients {
+    pub watch: Client,
+    pub endpoints: Client,
+    pub slices: Client,
+    pub mirror: Client,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// All four the same client (and so one rate limiter), e.g. in tests.
+    pub fn shared(client: Client) -> Self {
+        Clients {
+            watch: client.clone(),
+            endpoints: client.clone(),
+            slices: client.clone(),
+            mirror: client,
+        }
+    }
+}
+
 /// The Controller; clone freely.
 #[derive(Clone)]
 pub struct Controller {
-    client: Client,
+    clients: Clients,
     cache: Arc<Mutex<Cache>>,
     queue: crate::queue::Queue<ObjectKey>,
     trackers: Arc<Mutex<Trackers>>,
@@ -184,14 +212,14 @@ where
 
 /// Writes go through here so API errors become sync errors, and writes are counted.
 impl Controller {
-    pub fn new(client: Client, settings: Settings, metrics: Metrics, instance: String) -> Self {
+    pub fn new(clients: Clients, settings: Settings, metrics: Metrics, instance: String) -> Self {
         let reporter = Reporter {
             controller: "svcplane-endpoints".into(),
             instance: Some(instance),
         };
         Controller {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
+            recorder: Recorder::new(clients.slices.clone(), reporter),
+            clients,
             cache: Arc::new(Mutex::new(Cache::default())),
             queue: crate::queue::Queue::new(Duration::from_millis(10), Duration::from_secs(100)),
             trackers: Arc::new(Mutex::new(Trackers::default())),
@@ -433,7 +461,7 @@ impl Controller {
 
     /// Runs the watches until `shutdown`; `on_synced` runs once every watch has listed.
     pub async fn watch(&self, on_synced: impl FnOnce(), shutdown: impl Future<Output = ()>) {
-        let client = &self.client;
+        let client = &self.clients.watch;
         let managed = format!(
             "{LABEL_MANAGED_BY} in ({},{})",
             self.settings.slice_manager, self.settings.mirror_manager
@@ -607,8 +635,12 @@ impl Controller {
             }
         };
 
-        let mut first_error = None;
-        if self.settings.endpoints {
+        // The three write through their own clients, at the same time, as three controllers
+        // would: a readiness flip reaches the slice without waiting for the Endpoints write.
+        let endpoints = async {
+            if !self.settings.endpoints {
+                return Ok(());
+            }
             let started = Instant::now();
             let result = self
                 .sync_endpoints(
@@ -622,34 +654,41 @@ impl Controller {
                 .await;
             self.metrics
                 .synced("endpoints", result.is_ok(), started.elapsed());
-            first_error = first_error.or(result.err());
-        }
-        let started = Instant::now();
-        let result = self
-            .sync_slices(key, svc.as_deref(), selected, &pods, &own, trigger)
-            .await;
-        self.metrics
-            .synced("endpointslice", result.is_ok(), started.elapsed());
-        if let (Err(error), Some(s)) = (&result, svc.as_deref())
-            && !matches!(error, SyncError::Stale(_) | SyncError::MissingNodes(_))
-        {
-            self.warn(
-                service_reference(s),
-                "FailedToUpdateEndpointSlices",
-                format!("Error updating Endpoint Slices for Service {key}: {error}"),
-            )
-            .await;
-        }
-        first_error = first_error.or(result.err());
-        if self.settings.mirroring {
+            result
+        };
+        let slices = async {
+            let started = Instant::now();
+            let result = self
+                .sync_slices(key, svc.as_deref(), selected, &pods, &own, trigger)
+                .await;
+            self.metrics
+                .synced("endpointslice", result.is_ok(), started.elapsed());
+            if let (Err(error), Some(s)) = (&result, svc.as_deref())
+                && !matches!(error, SyncError::Stale(_) | SyncError::MissingNodes(_))
+            {
+                self.warn(
+                    service_reference(s),
+                    "FailedToUpdateEndpointSlices",
+                    format!("Error updating Endpoint Slices for Service {key}: {error}"),
+                )
+                .await;
+            }
+            result
+        };
+        let mirror = async {
+            if !self.settings.mirroring {
+                return Ok(());
+            }
             let started = Instant::now();
             let result = self
                 .sync_mirror(key, svc.as_deref(), current_endpoints.as_deref(), &mirrored)
                 .await;
             self.metrics
                 .synced("mirroring", result.is_ok(), started.elapsed());
-            first_error = first_error.or(result.err());
-        }
+            result
+        };
+        let (e, s, m) = tokio::join!(endpoints, slices, mirror);
+        let first_error = e.err().or(s.err()).or(m.err());
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -665,7 +704,7 @@ impl Controller {
         current: Option<&Endpoints>,
         trigger: Option<Timestamp>,
     ) -> Result<(), SyncError> {
-        let api: Api<Endpoints> = Api::namespaced(self.client.clone(), &key.namespace);
+        let api: Api<Endpoints> = Api::namespaced(self.clients.endpoints.clone(), &key.namespace);
         let Some(svc) = svc else {
             // No Service: its Endpoints go (upstream deletes any Endpoints without a Service,
             // except leader-election locks).
@@ -678,6 +717,7 @@ impl Controller {
                     Err(kube::Error::Api(s)) if s.is_not_found() => {}
                     Err(e) => return Err(e.into()),
                 }
+                self.cache().apply_endpoints(key.clone(), None);
             }
             return Ok(());
         };
@@ -744,7 +784,13 @@ impl Controller {
             api.create(&pp, &object).await
         };
         match result {
-            Ok(_) => Ok(()),
+            Ok(written) => {
+                // Written through to the cache: the next sync compares with what we wrote even
+                // if its watch event has not arrived yet (no duplicate create, no conflict).
+                self.cache()
+                    .apply_endpoints(key.clone(), Some(Arc::new(written)));
+                Ok(())
+            }
             // The namespace is going away; nothing to do.
             Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("being terminated") => {
                 Ok(())
@@ -807,7 +853,7 @@ impl Controller {
                 delete: listed,
                 ..Plan::default()
             };
-            let result = self.execute(key, plan, None).await;
+            let result = self.execute(&self.clients.slices, key, plan, None).await;
             self.trackers().generations.remove(key);
             return result;
         }
@@ -837,7 +883,8 @@ impl Controller {
             self.settings.max_endpoints_per_slice,
             &self.settings.slice_manager,
         );
-        self.execute(key, plan, trigger).await?;
+        self.execute(&self.clients.slices, key, plan, trigger)
+            .await?;
         if missing > 0 {
             return Err(SyncError::MissingNodes(missing));
         }
@@ -847,6 +894,7 @@ impl Controller {
     /// Sends a plan: creates, updates, then deletes; the first error stops it.
     async fn execute(
         &self,
+        client: &Client,
         key: &ObjectKey,
         plan: Plan,
         trigger: Option<Timestamp>,
@@ -854,7 +902,7 @@ impl Controller {
         if plan.is_empty() {
             return Ok(());
         }
-        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &key.namespace);
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &key.namespace);
         let pp = PostParams::default();
         let stamp = |slice: &mut EndpointSlice| {
             let annotations = slice
@@ -878,7 +926,7 @@ impl Controller {
             stamp(&mut slice);
             self.metrics.wrote("create", "endpointslices");
             match api.create(&pp, &slice).await {
-                Ok(created) => self.expect(key, &created),
+                Ok(created) => self.expect(key, created),
                 Err(kube::Error::Api(s))
                     if s.code == 403 && s.message.contains("being terminated") =>
                 {
@@ -892,7 +940,7 @@ impl Controller {
             let name = slice.metadata.name.clone().unwrap_or_default();
             self.metrics.wrote("update", "endpointslices");
             let updated = api.replace(&name, &pp, &slice).await?;
-            self.expect(key, &updated);
+            self.expect(key, updated);
         }
         for slice in plan.delete {
             let name = slice.metadata.name.clone().unwrap_or_default();
@@ -910,6 +958,8 @@ impl Controller {
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
+            self.cache()
+                .apply_slice(ObjectKey::new(&*key.namespace, name.as_str()), None);
             if let Some(uid) = uid {
                 self.trackers()
                     .generations
@@ -921,7 +971,8 @@ impl Controller {
         Ok(())
     }
 
-    fn expect(&self, key: &ObjectKey, written: &EndpointSlice) {
+    /// Remembers the generation a write got, and writes the slice through to the cache.
+    fn expect(&self, key: &ObjectKey, mut written: EndpointSlice) {
         if let Some(uid) = written.metadata.uid.clone() {
             self.trackers()
                 .generations
@@ -929,6 +980,9 @@ impl Controller {
                 .or_default()
                 .insert(uid, Some(written.metadata.generation.unwrap_or(0)));
         }
+        written.metadata.managed_fields = None;
+        let slice_key = key_of(&written);
+        self.cache().apply_slice(slice_key, Some(Arc::new(written)));
     }
 
     async fn sync_mirror(
@@ -971,7 +1025,7 @@ impl Controller {
                 ..Plan::default()
             },
         };
-        self.execute(key, plan, None).await
+        self.execute(&self.clients.mirror, key, plan, None).await
     }
 }
 

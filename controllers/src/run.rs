@@ -92,11 +92,19 @@ fn identity() -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let client = args.client.client().await?;
+    // Each controller writes through its own client and rate limiter, as in
+    // kube-controller-manager, so --kube-api-qps means the same thing in both.
+    let clients = crate::controller::Clients {
+        watch: client.clone(),
+        endpoints: args.client.client().await?,
+        slices: args.client.client().await?,
+        mirror: args.client.client().await?,
+    };
     let health = Health::new();
     let registry = prometheus::Registry::new();
     let metrics = crate::metrics::Metrics::register(&registry)?;
     let identity = identity();
-    let controller = Controller::new(client.clone(), settings, metrics.clone(), identity.clone());
+    let controller = Controller::new(clients, settings, metrics.clone(), identity.clone());
     let admin = AdminServer::bind(args.admin.admin_addr).await?;
     tracing::info!(admin = %admin.local_addr()?, %identity, leader_elect = args.leader.leader_elect, "starting");
 
