@@ -9,8 +9,9 @@
 #   - peak RSS (VmHWM) over the whole run;
 #   - then FLIPS single-pod readiness flips, one at a time: time until the slice shows it.
 #
-#   bench/endpoints.sh                                  (5000 x 10 on 500 Nodes)
+#   bench/endpoints.sh                                  (5000 x 10 on 500 Nodes, default flags)
 #   SERVICES=500 NODES=50 FLIPS=50 bench/endpoints.sh   (a quicker run)
+#   QPS=1000 bench/endpoints.sh                         (both with client rate limits lifted)
 #
 # Prints Markdown rows for docs/benchmarks.md. Everything stays on loopback.
 set -euo pipefail
@@ -19,6 +20,11 @@ SERVICES=${SERVICES:-5000}
 PODS=${PODS:-10}
 NODES=${NODES:-500}
 FLIPS=${FLIPS:-200}
+# Client-side rate limit for both controllers; empty means each one's default (20 qps, burst 30
+# per controller in both).
+QPS=${QPS:-}
+limits=()
+[ -n "$QPS" ] && limits=(--kube-api-qps="$QPS" --kube-api-burst="$QPS")
 work=$(mktemp -d /tmp/svcplane-bench-endpoints.XXXXXX)
 pids=()
 cleanup() {
@@ -65,12 +71,13 @@ run() { # name manager command...
 
 {
     run svcplane endpointslice.svcplane.dev target/release/svcplane-endpoints --kubeconfig "$kubeconfig" \
-        --admin-addr 127.0.0.1:19092
+        --admin-addr 127.0.0.1:19092 "${limits[@]}"
     run kcm endpointslice-controller.k8s.io "$kcm" --kubeconfig="$kubeconfig" \
-        --controllers=endpoints-controller,endpointslice-controller --leader-elect=false --secure-port=0
+        --controllers=endpoints-controller,endpointslice-controller --leader-elect=false --secure-port=0 \
+        "${limits[@]}"
 } | tee "$work/results" >&2
 
-python3 - "$work/results" "$SERVICES" "$PODS" "$NODES" "$FLIPS" <<'PY'
+python3 - "$work/results" "$SERVICES" "$PODS" "$NODES" "$FLIPS" "$QPS" <<'PY'
 import sys
 r = {}
 for line in open(sys.argv[1]):
@@ -79,7 +86,7 @@ for line in open(sys.argv[1]):
 s, k = r["svcplane"], r["kcm"]
 services, pods, nodes, flips = sys.argv[2:6]
 ratio = lambda a, b: f"{a / b:.2f}" if b else "n/a"
-print(f"| {services} Services x {pods} pods, {nodes} Nodes | svcplane-endpoints | kube-controller-manager | svcplane / KCM |")
+print(f"| {services} Services x {pods} pods, {nodes} Nodes{', QPS ' + sys.argv[6] if sys.argv[6] else ''} | svcplane-endpoints | kube-controller-manager | svcplane / KCM |")
 print("|---|---|---|---|")
 print(f"| all pods Ready to converged | {s['converged_seconds']:.1f} s | {k['converged_seconds']:.1f} s | {ratio(s['converged_seconds'], k['converged_seconds'])} |")
 print(f"| API writes to converge | {s['writes']:.0f} | {k['writes']:.0f} | {ratio(s['writes'], k['writes'])} |")

@@ -169,6 +169,9 @@ pub struct Controller {
     metrics: Metrics,
     settings: Arc<Settings>,
     recorder: Recorder,
+    /// True once every watch has listed: workers start only then, so no sync acts on a
+    /// half-listed cache.
+    synced: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -225,6 +228,7 @@ impl Controller {
             trackers: Arc::new(Mutex::new(Trackers::default())),
             metrics,
             settings: Arc::new(settings),
+            synced: watch::channel(false).0,
         }
     }
 
@@ -520,6 +524,7 @@ impl Controller {
             {
                 let (services, pods, nodes) = self.cache().counts();
                 tracing::info!(services, pods, nodes, "caches synced");
+                self.synced.send_replace(true);
                 self.enqueue_all();
                 callback();
             }
@@ -533,6 +538,11 @@ impl Controller {
         shutdown: impl Future<Output = ()>,
     ) {
         let mut shutdown = pin!(shutdown);
+        let mut synced = self.synced.subscribe();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = synced.wait_for(|s| *s) => {}
+        }
         let resync = self.settings.resync;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
         // Without leader election the sender is gone from the start and the value is final.
