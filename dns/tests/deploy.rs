@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::discovery::{Scope, pinned_kind};
+use kube::api::Api;
 use svcplane_testenv::{TestEnv, kubelet};
 
 const MANIFEST: &str = include_str!("../../deploy/svcplane-dns.yaml");
@@ -27,32 +26,11 @@ impl Drop for Killed {
     }
 }
 
-/// Applies every document of the manifest (server-side apply, unknown fields rejected).
-async fn apply_manifest(client: &kube::Client) -> Vec<DynamicObject> {
-    let docs: Vec<DynamicObject> = serde_saphyr::from_multiple(MANIFEST).expect("manifest parses");
-    assert!(docs.len() >= 6, "manifest has {} objects", docs.len());
-    let params = PatchParams::apply("svcplane-deploy-test").validation_strict();
-    for doc in &docs {
-        let types = doc.types.as_ref().expect("apiVersion and kind");
-        let gvk = GroupVersionKind::try_from(types).expect("apiVersion");
-        let (resource, caps) = pinned_kind(client, &gvk).await.expect("known kind");
-        let name = doc.metadata.name.as_deref().expect("name");
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                doc.metadata
-                    .namespace
-                    .as_deref()
-                    .expect("namespaced objects say where"),
-                &resource,
-            ),
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-        };
-        api.patch(name, &params, &Patch::Apply(doc))
-            .await
-            .unwrap_or_else(|e| panic!("{} {name} rejected: {e}", gvk.kind));
-    }
-    docs
+async fn apply_manifest(client: &kube::Client) {
+    let written = svcplane_testenv::manifest::apply(client, MANIFEST)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/svcplane-dns.yaml rejected: {e}"));
+    assert!(written.len() >= 6, "manifest has {} objects", written.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod certs;
 mod env;
 mod error;
 pub mod kubelet;
+pub mod manifest;
 mod process;
 
 pub use binaries::{Binaries, ensure_binaries, ensure_binaries_with_controller_manager};
