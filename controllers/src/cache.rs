@@ -24,8 +24,8 @@ pub struct Cache {
     pods: HashMap<ObjectKey, Arc<Pod>>,
     /// Pod names by each of their labels.
     pods_by_label: HashMap<LabelKey, HashSet<Box<str>>>,
-    /// Node name → zone label (`None`: a Node without one).
-    nodes: HashMap<Box<str>, Option<Box<str>>>,
+    /// Nodes by name: zones for endpoints, CPU and readiness for `topology-mode: Auto`.
+    nodes: HashMap<Box<str>, Arc<Node>>,
     /// Our slices (both managed-by values) by their own key, and which Service each is of.
     slices: HashMap<ObjectKey, (ObjectKey, Arc<EndpointSlice>)>,
     /// Per Service, the names of its slices.
@@ -89,7 +89,12 @@ impl Cache {
 
     /// `Some(zone)` for a known Node.
     pub fn node_zone(&self, name: &str) -> Option<Option<&str>> {
-        self.nodes.get(name).map(|z| z.as_deref())
+        self.nodes.get(name).map(|n| n.zone.as_deref())
+    }
+
+    /// Each zone's share of CPU, for `topology-mode: Auto` (see [`crate::desired::zone_ratios`]).
+    pub fn zone_ratios(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        crate::desired::zone_ratios(self.nodes.values().map(|n| &**n))
     }
 
     pub fn counts(&self) -> (usize, usize, usize) {
@@ -199,18 +204,31 @@ impl Cache {
         touched.into_iter().collect()
     }
 
-    /// Sets or removes a Node. Zone changes reach endpoints at the next sync of their
-    /// Services, as upstream; a Node that appears unblocks the pods waiting for it through the
-    /// retry of their Services.
-    pub fn apply_node(&mut self, name: &str, node: Option<&Node>) {
-        match node {
-            Some(n) => {
-                self.nodes.insert(name.into(), n.zone.clone());
-            }
-            None => {
-                self.nodes.remove(name);
-            }
+    /// Sets or removes a Node; returns the `topology-mode: Auto` Services when what their
+    /// hints are allocated by changed (a zone's CPU, a Node's readiness or zone). Zone changes
+    /// reach other endpoints at the next sync of their Services, as upstream; a Node that
+    /// appears unblocks the pods waiting for it through the retry of their Services.
+    pub fn apply_node(&mut self, name: &str, node: Option<Arc<Node>>) -> Vec<ObjectKey> {
+        let old = match &node {
+            Some(n) => self.nodes.insert(name.into(), n.clone()),
+            None => self.nodes.remove(name),
+        };
+        let weight = |n: &Node| {
+            (
+                n.zone.clone(),
+                n.allocatable_cpu_millis,
+                n.ready,
+                n.control_plane,
+            )
+        };
+        if old.as_deref().map(weight) == node.as_deref().map(weight) {
+            return Vec::new();
         }
+        self.services
+            .values()
+            .filter(|s| crate::desired::hint_mode(s) == crate::desired::HintMode::Auto)
+            .map(|s| s.key.clone())
+            .collect()
     }
 
     /// Sets or removes one of our slices; returns the Services it belongs to, before and after

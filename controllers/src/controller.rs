@@ -25,7 +25,9 @@ use svcplane_model::{
 use tokio::sync::watch;
 
 use crate::cache::Cache;
-use crate::desired::{address_types, is_headless, slice_groups};
+use crate::desired::{
+    HintMode, address_type_name, address_types, auto_hints, hint_mode, is_headless, slice_groups,
+};
 use crate::endpoints::{self as v1, MAX_ADDRESSES};
 use crate::metrics::Metrics;
 use crate::mirror;
@@ -83,6 +85,8 @@ struct Trackers {
     generations: HashMap<ObjectKey, HashMap<String, Option<i64>>>,
     /// Creation time and pod Ready transition times seen at the last sync.
     triggers: HashMap<ObjectKey, TriggerState>,
+    /// For `topology-mode: Auto` Services: why hints are off (`None`: they are on).
+    hints: HashMap<ObjectKey, Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -333,10 +337,7 @@ impl Controller {
                     let node = me.convert::<svcplane_model::Node, _>("Node", obj);
                     node.map(|n| (ObjectKey::new("", obj.name_any()), Some(n)))
                 },
-                |me, key, node| {
-                    me.cache().apply_node(&key.name, node.as_deref());
-                    Vec::new()
-                },
+                |me, key, node| me.cache().apply_node(&key.name, node),
             ),
             Update::Slice(e) => self.on_event(
                 *e,
@@ -639,7 +640,9 @@ impl Controller {
             Some(s) => trigger_time(&mut self.trackers().triggers, s, &pods),
             None => {
                 if svc.is_none() {
-                    self.trackers().triggers.remove(key);
+                    let mut trackers = self.trackers();
+                    trackers.triggers.remove(key);
+                    trackers.hints.remove(key);
                 }
                 None
             }
@@ -874,18 +877,26 @@ impl Controller {
             return Err(SyncError::Stale(key.clone()));
         }
         let mut missing = 0;
+        let mut hint_failure = None;
         let desired: Vec<_> = {
             let cache = self.cache();
             let zone_of = |node: &str| cache.node_zone(node);
+            let auto = hint_mode(svc) == HintMode::Auto;
+            let ratios = if auto { cache.zone_ratios() } else { None };
             address_types(svc)
                 .into_iter()
                 .map(|t| {
-                    let groups = slice_groups(svc, pods.iter().map(|p| &**p), t, &zone_of);
+                    let mut groups = slice_groups(svc, pods.iter().map(|p| &**p), t, &zone_of);
                     missing = missing.max(groups.missing_nodes);
+                    if auto && let Err(reason) = auto_hints(&mut groups, ratios.as_ref()) {
+                        hint_failure =
+                            Some(format!("{reason}, addressType: {}", address_type_name(t)));
+                    }
                     (t, groups)
                 })
                 .collect()
         };
+        self.hints_event(svc, hint_failure).await;
         let plan = slices::plan(
             svc,
             &listed,
@@ -979,6 +990,42 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Tells the Service's owner when Auto hints turn off or on again, once per change (upstream
+    /// sends `TopologyAwareHintsDisabled` / `TopologyAwareHintsEnabled`).
+    async fn hints_event(&self, svc: &Service, failure: Option<String>) {
+        let changed = {
+            let mut trackers = self.trackers();
+            let auto = hint_mode(svc) == HintMode::Auto;
+            let state = if auto { Some(failure.clone()) } else { None };
+            let previous = match &state {
+                Some(s) => trackers.hints.insert(svc.key.clone(), s.clone()),
+                None => trackers.hints.remove(&svc.key),
+            };
+            previous != state && state.is_some()
+        };
+        if !changed {
+            return;
+        }
+        match failure {
+            Some(reason) => {
+                self.warn(service_reference(svc), "TopologyAwareHintsDisabled", reason)
+                    .await
+            }
+            None => {
+                let event = KubeEvent {
+                    type_: EventType::Normal,
+                    reason: "TopologyAwareHintsEnabled".into(),
+                    note: Some("Topology Aware Hints has been enabled".into()),
+                    action: "Sync".into(),
+                    secondary: None,
+                };
+                if let Err(error) = self.recorder.publish(&event, &service_reference(svc)).await {
+                    tracing::debug!(%error, "could not record an event");
+                }
+            }
+        }
     }
 
     /// Remembers the generation a write got, and writes the slice through to the cache.

@@ -145,7 +145,8 @@ pub enum HintMode {
     SameZone,
     /// `trafficDistribution: PreferSameNode`: zone and node.
     SameNode,
-    /// `topology-mode: Auto`: CPU-proportional zone allocation (not implemented; no hints).
+    /// `topology-mode: Auto`: zones get ready endpoints in proportion to their CPU
+    /// ([`auto_hints`]).
     Auto,
 }
 
@@ -256,6 +257,140 @@ pub fn slice_groups<'p, 'z>(
         }
     }
     out
+}
+
+/// Each zone's share of the cluster's allocatable CPU, from Ready, non-control-plane Nodes:
+/// what `topology-mode: Auto` allocates by. `None` when that is not enough to go by (a Node
+/// without a zone or CPU, no CPU at all, or fewer than two zones), as upstream.
+pub fn zone_ratios<'a>(
+    nodes: impl IntoIterator<Item = &'a svcplane_model::Node>,
+) -> Option<BTreeMap<String, f64>> {
+    let mut cpu: BTreeMap<String, u64> = BTreeMap::new();
+    for node in nodes {
+        if node.control_plane || !node.ready {
+            continue;
+        }
+        let zone = node.zone.as_deref()?;
+        let millis = node.allocatable_cpu_millis.filter(|m| *m > 0)?;
+        *cpu.entry(zone.to_owned()).or_default() += millis;
+    }
+    let total: u64 = cpu.values().sum();
+    if total == 0 || cpu.len() < 2 {
+        return None;
+    }
+    Some(
+        cpu.into_iter()
+            .map(|(z, m)| (z, m as f64 / total as f64))
+            .collect(),
+    )
+}
+
+/// Hints for `topology-mode: Auto` (upstream's `topologycache.AddHints`): every ready endpoint
+/// is hinted for its own zone, then endpoints move from zones holding more than their CPU share
+/// to zones holding less, one at a time, largest surplus to largest deficit, until no zone is
+/// off by more than half an endpoint. Which endpoints move is deterministic (the last, by
+/// address, of the giving zone), so repeated syncs agree. On failure, with the reason, every
+/// hint is removed, as upstream does.
+pub fn auto_hints(
+    groups: &mut SliceGroups,
+    ratios: Option<&BTreeMap<String, f64>>,
+) -> Result<(), String> {
+    let clear = |groups: &mut SliceGroups| {
+        for (_, endpoints) in groups.groups.values_mut() {
+            for e in endpoints {
+                e.hints = None;
+            }
+        }
+    };
+    let result = allocate(groups, ratios);
+    if result.is_err() {
+        clear(groups);
+    }
+    result
+}
+
+fn is_ready(e: &Endpoint) -> bool {
+    e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+}
+
+fn allocate(
+    groups: &mut SliceGroups,
+    ratios: Option<&BTreeMap<String, f64>>,
+) -> Result<(), String> {
+    let ratios = ratios.ok_or("insufficient Node information: allocatable CPU or zone not specified on one or more nodes, or fewer than two zones")?;
+    let mut ready: Vec<&mut Endpoint> = groups
+        .groups
+        .values_mut()
+        .flat_map(|(_, e)| e.iter_mut())
+        .filter(|e| is_ready(e))
+        .collect();
+    ready.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+    let n = ready.len();
+    if ratios.len() > n {
+        return Err(format!(
+            "Insufficient number of endpoints ({n} endpoints, {} zones)",
+            ratios.len()
+        ));
+    }
+    let mut minimum_total = 0.0;
+    for ratio in ratios.values() {
+        minimum_total += (ratio * n as f64 / 1.2).ceil();
+    }
+    if minimum_total > n as f64 {
+        return Err("Insufficient number of endpoints to meet the minimum for every zone".into());
+    }
+    let mut hinted: Vec<String> = Vec::with_capacity(n);
+    for e in &ready {
+        match e.zone.as_deref() {
+            Some(z) if ratios.contains_key(z) => hinted.push(z.to_owned()),
+            Some(_) => return Err("One or more endpoints are in a zone without ready Nodes".into()),
+            None => return Err("One or more endpoints do not have a zone specified".into()),
+        }
+    }
+    let mut counts: BTreeMap<&str, f64> = ratios.keys().map(|z| (z.as_str(), 0.0)).collect();
+    for z in &hinted {
+        *counts.entry(z.as_str()).or_default() += 1.0;
+    }
+    let target = |z: &str| ratios.get(z).copied().unwrap_or(0.0) * n as f64;
+    let mut moves: Vec<(String, String)> = Vec::new();
+    loop {
+        let surplus = |z: &&str| counts[*z] - target(z);
+        let giver = counts
+            .keys()
+            .copied()
+            .max_by(|a, b| surplus(a).total_cmp(&surplus(b)));
+        let receiver = counts
+            .keys()
+            .copied()
+            .min_by(|a, b| surplus(a).total_cmp(&surplus(b)));
+        let (Some(giver), Some(receiver)) = (giver, receiver) else {
+            break;
+        };
+        let (give, need) = (surplus(&giver), -surplus(&receiver));
+        if give < 0.5 || need < 0.5 || (give < 1.0 && need < 1.0) {
+            break;
+        }
+        *counts.get_mut(giver).expect("zone") -= 1.0;
+        *counts.get_mut(receiver).expect("zone") += 1.0;
+        moves.push((giver.to_owned(), receiver.to_owned()));
+    }
+    for (from, to) in moves {
+        // The last endpoint of the giving zone still hinted for it moves.
+        let own = |i: usize| ready[i].zone.as_deref() == Some(from.as_str());
+        if let Some(i) = (0..hinted.len())
+            .rev()
+            .find(|&i| hinted[i] == from && own(i))
+        {
+            hinted[i] = to;
+        }
+    }
+    for (e, zone) in ready.iter_mut().zip(hinted) {
+        e.hints = Some(EndpointHints {
+            for_zones: Some(vec![ForZone { name: zone }]),
+            for_nodes: None,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

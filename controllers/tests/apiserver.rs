@@ -325,6 +325,87 @@ async fn endpoints_and_slices_follow_services_and_pods() {
     .await;
     expect_endpoints(&client, ns, "web", &["10.244.1.11 ready metrics:9090"]).await;
 
+    // Hints: topology-mode Auto shares ready endpoints out by zone CPU (both Nodes have 4 CPUs:
+    // half each); trafficDistribution hints each endpoint for its own zone.
+    let mut auto = selector_service(
+        ns,
+        "auto",
+        &[("app", "auto")],
+        vec![service_port("http", 80, IntOrString::Int(8080))],
+    );
+    auto.metadata.annotations = Some(BTreeMap::from([(
+        "service.kubernetes.io/topology-mode".into(),
+        "Auto".into(),
+    )]));
+    create_service(&client, &auto).await;
+    let mut close = selector_service(
+        ns,
+        "close",
+        &[("app", "auto")],
+        vec![service_port("http", 80, IntOrString::Int(8080))],
+    );
+    close.spec.as_mut().expect("spec").traffic_distribution = Some("PreferClose".into());
+    create_service(&client, &close).await;
+    for (i, node) in ["node-a", "node-a", "node-a", "node-b"]
+        .into_iter()
+        .enumerate()
+    {
+        running_pod(
+            &client,
+            PodBuilder::new(ns, &format!("auto-{i}"))
+                .label("app", "auto")
+                .node(node),
+            &format!("10.244.4.{}", i + 1),
+            true,
+        )
+        .await;
+    }
+    let hints = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut got: Vec<(String, String)> = slices(&client, ns, name, SLICE_MANAGER)
+                .await
+                .iter()
+                .flat_map(|s| s.endpoints.clone().unwrap_or_default())
+                .map(|e| {
+                    let zone = e.zone.unwrap_or_default();
+                    let hint = e
+                        .hints
+                        .and_then(|h| h.for_zones)
+                        .map(|z| {
+                            z.iter()
+                                .map(|z| z.name.clone())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    (zone, hint)
+                })
+                .collect();
+            got.sort();
+            got
+        }
+    };
+    eventually(WAIT, "Auto hints", || async {
+        let got = hints("auto").await;
+        let per_zone = |z: &str| got.iter().filter(|(_, h)| h == z).count();
+        if got.len() == 4 && per_zone("zone-a") == 2 && per_zone("zone-b") == 2 {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+    eventually(WAIT, "PreferClose hints", || async {
+        let got = hints("close").await;
+        if got.len() == 4 && got.iter().all(|(z, h)| z == h) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+
     // Deleting the Service takes its Endpoints and slices with it.
     Api::<Service>::namespaced(client.clone(), ns)
         .delete("web", &DeleteParams::default())

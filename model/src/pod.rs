@@ -166,6 +166,10 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
     /// Allocatable CPU in millicores, which weighs zones for topology hints upstream.
     pub allocatable_cpu_millis: Option<u64>,
+    /// The `Ready` condition is `True`.
+    pub ready: bool,
+    /// Labelled `node-role.kubernetes.io/control-plane` (or the older `.../master`).
+    pub control_plane: bool,
 }
 
 const NODE: &str = "Node";
@@ -201,11 +205,23 @@ impl TryFrom<&core::Node> for Node {
                 })
             })
             .transpose()?;
+        let labels = node.metadata.labels.as_ref();
+        let control_plane = labels.is_some_and(|l| {
+            l.contains_key("node-role.kubernetes.io/control-plane")
+                || l.contains_key("node-role.kubernetes.io/master")
+        });
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
         Ok(Node {
             name,
             zone,
             addresses,
             allocatable_cpu_millis,
+            ready,
+            control_plane,
         })
     }
 }

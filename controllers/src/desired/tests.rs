@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use svcplane_model::{ClusterIps, IpFamily, PodPhase, TargetPort};
 
 use super::*;
@@ -316,4 +318,148 @@ fn traffic_distribution_hints() {
     // The annotation decides when present, even against trafficDistribution.
     svc.topology_mode = Some("Disabled".into());
     assert_eq!(hint_mode(&svc), HintMode::None);
+}
+
+fn node(name: &str, zone: Option<&str>, cpu: u64) -> svcplane_model::Node {
+    svcplane_model::Node {
+        name: name.into(),
+        zone: zone.map(Into::into),
+        addresses: vec![],
+        allocatable_cpu_millis: Some(cpu),
+        ready: true,
+        control_plane: false,
+    }
+}
+
+#[test]
+fn zone_ratios_come_from_ready_worker_nodes() {
+    let nodes = [
+        node("a", Some("zone-a"), 2000),
+        node("b", Some("zone-b"), 6000),
+        svcplane_model::Node {
+            control_plane: true,
+            ..node("cp", None, 4000)
+        },
+        svcplane_model::Node {
+            ready: false,
+            ..node("down", Some("zone-c"), 4000)
+        },
+    ];
+    let ratios = zone_ratios(&nodes).expect("enough to go by");
+    assert_eq!(ratios.len(), 2);
+    assert!((ratios["zone-a"] - 0.25).abs() < 1e-9 && (ratios["zone-b"] - 0.75).abs() < 1e-9);
+    // A worker without a zone, or a single zone, is not enough.
+    assert!(zone_ratios(&[node("a", Some("zone-a"), 1000), node("x", None, 1000)]).is_none());
+    assert!(zone_ratios(&[node("a", Some("zone-a"), 1000)]).is_none());
+}
+
+/// Nodes `node-a`, `node-b`, `node-c` are in zones a, b, c; `node-x` has no zone.
+fn auto_zone(node: &str) -> Option<Option<&'static str>> {
+    match node {
+        "node-a" => Some(Some("a")),
+        "node-b" => Some(Some("b")),
+        "node-c" => Some(Some("c")),
+        "node-x" => Some(None),
+        _ => None,
+    }
+}
+
+fn auto_pods(zones: &[&str]) -> Vec<Pod> {
+    zones
+        .iter()
+        .enumerate()
+        .map(|(i, z)| Pod {
+            node_name: Some(format!("node-{z}").into()),
+            ..pod(
+                "ns",
+                &format!("p{i}"),
+                "web",
+                &format!("10.244.0.{}", i + 10),
+            )
+        })
+        .collect()
+}
+
+fn hinted(groups: &SliceGroups) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<_> = groups
+        .groups
+        .values()
+        .flat_map(|(_, e)| e)
+        .map(|e| {
+            (
+                e.zone.clone().unwrap_or_default(),
+                e.hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z[0].name.clone()),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn auto_hints_follow_cpu_and_move_endpoints_from_crowded_zones() {
+    let svc = Service {
+        topology_mode: Some("Auto".into()),
+        ..service("ns", "web")
+    };
+    let zone = auto_zone;
+    let ratios: BTreeMap<String, f64> = [("a".to_owned(), 0.5), ("b".to_owned(), 0.5)]
+        .into_iter()
+        .collect();
+    // Three endpoints in zone a, one in b, equal CPU: one of a's goes to b.
+    let pods = auto_pods(&["a", "a", "a", "b"]);
+    let mut groups = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    auto_hints(&mut groups, Some(&ratios)).expect("allocates");
+    let got = hinted(&groups);
+    let to = |z: &str| got.iter().filter(|(_, h)| h.as_deref() == Some(z)).count();
+    assert_eq!((to("a"), to("b")), (2, 2), "{got:?}");
+    // The same input gives the same hints (no flapping between syncs).
+    let mut again = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    auto_hints(&mut again, Some(&ratios)).expect("allocates");
+    assert_eq!(hinted(&again), got);
+    // Balanced already: every endpoint for its own zone.
+    let pods = auto_pods(&["a", "b"]);
+    let mut groups = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    auto_hints(&mut groups, Some(&ratios)).expect("allocates");
+    assert!(
+        hinted(&groups)
+            .iter()
+            .all(|(z, h)| h.as_deref() == Some(z.as_str()))
+    );
+}
+
+#[test]
+fn auto_hints_turn_off_when_they_cannot_be_fair() {
+    let svc = Service {
+        topology_mode: Some("Auto".into()),
+        ..service("ns", "web")
+    };
+    let zone = auto_zone;
+    let ratios: BTreeMap<String, f64> = [
+        ("a".to_owned(), 0.5),
+        ("b".to_owned(), 0.5),
+        ("c".to_owned(), 0.0),
+    ]
+    .into_iter()
+    .collect();
+    // Fewer endpoints than zones.
+    let pods = auto_pods(&["a", "b"]);
+    let mut groups = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    let err = auto_hints(&mut groups, Some(&ratios)).expect_err("too few endpoints");
+    assert!(err.contains("Insufficient number of endpoints"), "{err}");
+    assert!(hinted(&groups).iter().all(|(_, h)| h.is_none()));
+    // No node information.
+    let mut groups = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    assert!(auto_hints(&mut groups, None).is_err());
+    // An endpoint without a zone turns hints off for all.
+    let two: BTreeMap<String, f64> = [("a".to_owned(), 0.5), ("b".to_owned(), 0.5)]
+        .into_iter()
+        .collect();
+    let pods = auto_pods(&["a", "b", "a", "x"]);
+    let mut groups = slice_groups(&svc, &pods, AddressType::V4, &zone);
+    let err = auto_hints(&mut groups, Some(&two)).expect_err("zoneless endpoint");
+    assert!(err.contains("do not have a zone"), "{err}");
 }

@@ -226,6 +226,8 @@ async fn nodes_and_pods_take_the_kubelets_part() {
             zone: Some("zone-1".into()),
             addresses: vec![node_ip],
             allocatable_cpu_millis: Some(4000),
+            ready: true,
+            control_plane: false,
         }
     );
 
