@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, stream};
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{
     Endpoints, Node as ApiNode, Pod as ApiPod, Service as ApiService,
 };
@@ -15,7 +15,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -32,6 +31,7 @@ use crate::endpoints::{self as v1, MAX_ADDRESSES};
 use crate::metrics::Metrics;
 use crate::mirror;
 use crate::slices::{self, LABEL_HEADLESS, Plan};
+use svcplane_runtime::watch;
 
 /// `endpoints.kubernetes.io/managed-by` on the Endpoints we write.
 pub const ENDPOINTS_MANAGED_BY: &str = "svcplane-endpoints";
@@ -202,19 +202,6 @@ struct Relist {
     nodes: HashSet<ObjectKey>,
     slices: HashSet<ObjectKey>,
     endpoints: HashSet<ObjectKey>,
-}
-
-fn watch<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = Event<K>>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    K::DynamicType: Default,
-{
-    watcher::watcher(api, config)
-        .default_backoff()
-        .filter_map(|res| async move {
-            res.map_err(|error| tracing::warn!(%error, "watch failed; retrying with backoff"))
-                .ok()
-        })
 }
 
 /// Writes go through here so API errors become sync errors, and writes are counted.

@@ -25,13 +25,13 @@ pub struct LeaderArgs {
     #[arg(long, default_value = "kube-system")]
     pub leader_elect_resource_namespace: String,
     /// How long a lease lasts without renewal before another replica may take it.
-    #[arg(long, default_value = "15s", value_parser = crate::run::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = svcplane_runtime::parse_duration)]
     pub leader_elect_lease_duration: Duration,
     /// How long a leader keeps trying to renew before it stops leading.
-    #[arg(long, default_value = "10s", value_parser = crate::run::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = svcplane_runtime::parse_duration)]
     pub leader_elect_renew_deadline: Duration,
     /// How often to try to take or renew the lease.
-    #[arg(long, default_value = "2s", value_parser = crate::run::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = svcplane_runtime::parse_duration)]
     pub leader_elect_retry_period: Duration,
 }
 

@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
     pub concurrent_syncs: u16,
     /// Every Service is synced again this often, to heal anything missed.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = svcplane_runtime::parse_duration)]
     pub resync_period: Duration,
     /// `endpointslice.kubernetes.io/managed-by` of the slices written for selector Services.
     #[arg(long, default_value = "endpointslice.svcplane.dev")]
@@ -49,20 +49,6 @@ pub enum ControllerName {
     Endpoints,
     Endpointslice,
     Mirroring,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s, 500ms or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} is not a duration like 5s, 500ms or 5m")),
-    }
 }
 
 impl Args {

@@ -74,27 +74,13 @@ async fn expect_endpoints(client: &kube::Client, ns: &str, svc: &str, want: &[&s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_and_slices_follow_services_and_pods() {
     let env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
     let ns = "shop";
-    kubelet::create_namespace(&client, ns)
-        .await
-        .expect("namespace");
-    kubelet::create_node(
-        &client,
-        "node-a",
-        Some("zone-a"),
-        "192.0.2.1".parse().expect("ip"),
+    let client = cluster(
+        &env,
+        ns,
+        &[("node-a", Some("zone-a")), ("node-b", Some("zone-b"))],
     )
-    .await
-    .expect("node");
-    kubelet::create_node(
-        &client,
-        "node-b",
-        Some("zone-b"),
-        "192.0.2.2".parse().expect("ip"),
-    )
-    .await
-    .expect("node");
+    .await;
     let controller = start(&env, &[]);
     wait_ready(&controller).await;
 
@@ -426,14 +412,8 @@ async fn endpoints_and_slices_follow_services_and_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_external_name_selectorless_and_mirroring() {
     let env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
     let ns = "apps";
-    kubelet::create_namespace(&client, ns)
-        .await
-        .expect("namespace");
-    kubelet::create_node(&client, "node-a", None, "192.0.2.1".parse().expect("ip"))
-        .await
-        .expect("node");
+    let client = cluster(&env, ns, &[("node-a", None)]).await;
     let controller = start(&env, &[]);
     wait_ready(&controller).await;
 
@@ -609,19 +589,8 @@ async fn headless_external_name_selectorless_and_mirroring() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_endpoints_split_into_slices_and_cap_endpoints() {
     let env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
     let ns = "big";
-    kubelet::create_namespace(&client, ns)
-        .await
-        .expect("namespace");
-    kubelet::create_node(
-        &client,
-        "node-a",
-        Some("zone-a"),
-        "192.0.2.1".parse().expect("ip"),
-    )
-    .await
-    .expect("node");
+    let client = cluster(&env, ns, &[("node-a", Some("zone-a"))]).await;
     let controller = start(&env, &["--max-endpoints-per-slice=40"]);
     wait_ready(&controller).await;
     create_service(

@@ -71,17 +71,7 @@ async fn manifests_apply_and_their_arguments_and_rbac_run_the_controller() {
     // Ready only after every watch listed: a missing list/watch rule keeps it unready.
     wait_ready(&running).await;
 
-    kubelet::create_namespace(&client, "shop")
-        .await
-        .expect("namespace");
-    kubelet::create_node(
-        &client,
-        "node-a",
-        Some("zone-a"),
-        "192.0.2.1".parse().expect("ip"),
-    )
-    .await
-    .expect("node");
+    cluster(&env, "shop", &[("node-a", Some("zone-a"))]).await;
     create_service(
         &client,
         &selector_service(

@@ -56,19 +56,8 @@ async fn metric(r: &Running, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
     let env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
     let ns = "ha";
-    kubelet::create_namespace(&client, ns)
-        .await
-        .expect("namespace");
-    kubelet::create_node(
-        &client,
-        "node-a",
-        Some("zone-a"),
-        "192.0.2.1".parse().expect("ip"),
-    )
-    .await
-    .expect("node");
+    let client = cluster(&env, ns, &[("node-a", Some("zone-a"))]).await;
     let mut a = Some(replica(&env, "replica-a"));
     let b = replica(&env, "replica-b");
     // Both report ready: a follower is ready once its caches are.

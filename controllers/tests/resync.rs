@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use svcplane_testenv::TestEnv;
-use svcplane_testenv::kubelet::{self, PodBuilder};
+use svcplane_testenv::kubelet::PodBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Deletes one key through etcd's HTTP gateway (`/v3/kv/deleterange`); returns how many went.
@@ -46,19 +46,8 @@ async fn etcd_delete(etcd_url: &str, key: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_during_an_outage_are_found_by_the_relist() {
     let mut env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
     let ns = "shop";
-    kubelet::create_namespace(&client, ns)
-        .await
-        .expect("namespace");
-    kubelet::create_node(
-        &client,
-        "node-a",
-        Some("zone-a"),
-        "192.0.2.1".parse().expect("ip"),
-    )
-    .await
-    .expect("node");
+    let client = cluster(&env, ns, &[("node-a", Some("zone-a"))]).await;
     let controller = start(&env, &[]);
     wait_ready(&controller).await;
     let port = || vec![service_port("http", 80, IntOrString::Int(8080))];

@@ -20,7 +20,7 @@ pub type ZoneEndpoints = ServiceEndpoints<ZoneSlice>;
 /// copies only the path it changes. A writer clones the published index, applies a batch and
 /// publishes the result, while readers keep answering from the version they hold, lock-free.
 /// They are B-trees (`OrdMap`), not hash tries: at 100,000 endpoint addresses a trie's
-/// fixed-width nodes cost about 190 bytes an entry, the B-tree about 75 (`examples/memory.rs`).
+/// fixed-width nodes cost about 190 bytes an entry, the B-tree about 75 (`examples/index_memory.rs`).
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     /// namespace → name → Service: looked up by `&str` on every query, without allocating.

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, env = "SVCPLANE_DNS_CACHE_CAPACITY", default_value_t = 10_000)]
     pub cache_capacity: usize,
     /// How long to keep answering after SIGTERM while /health reports unhealthy.
-    #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = svcplane_runtime::parse_duration)]
     pub lameduck: Duration,
     #[command(flatten)]
     pub client: ClientArgs,
@@ -75,19 +75,6 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
                 .map(|ip| SocketAddr::new(ip, 53))
         })
         .map_err(|_| format!("{s:?} is not an address like 192.0.2.53 or 192.0.2.53:5353"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 5s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration like 5s or 500ms")),
-    }
 }
 
 impl Args {

@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod, Service as ApiService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as ApiSlice;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
@@ -246,12 +245,7 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
 {
-    watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .filter_map(|res| async move {
-            res.map_err(|error| tracing::warn!(%error, "watch failed; retrying with backoff"))
-                .ok()
-        })
+    svcplane_runtime::watch(api, watcher::Config::default())
 }
 
 /// Runs the watches until `shutdown` resolves, publishing each new index into `index`.

@@ -46,7 +46,7 @@ pub fn start(env: &TestEnv, extra: &[&str]) -> Running {
         .arg("--kube-api-qps=1000")
         .arg("--kube-api-burst=1000")
         .args(extra)
-        .env("RUST_LOG", "info,svcplane_endpoints=debug")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .spawn()
         .expect("start svcplane-endpoints");
@@ -100,6 +100,21 @@ pub async fn wait_ready(r: &Running) {
         }
     })
     .await
+}
+
+/// A namespace and Nodes (`(name, zone)`, addresses 192.0.2.1, .2, …) on a fresh control plane.
+pub async fn cluster(env: &TestEnv, ns: &str, nodes: &[(&str, Option<&str>)]) -> Client {
+    let client = env.client().await.expect("client");
+    kubelet::create_namespace(&client, ns)
+        .await
+        .expect("namespace");
+    for (i, (name, zone)) in nodes.iter().enumerate() {
+        let ip: IpAddr = format!("192.0.2.{}", i + 1).parse().expect("ip");
+        kubelet::create_node(&client, name, *zone, ip)
+            .await
+            .expect("node");
+    }
+    client
 }
 
 pub fn selector_service(

@@ -2,7 +2,7 @@
 //! each, one EndpointSlice per Service, as `populate` writes them): what the watch side's
 //! trackers keep, and what the published index adds on top.
 //!
-//! Run: `cargo run --release -p svcplane-dns --example memory`
+//! Run: `cargo run --release -p svcplane-dns --example index_memory`
 //!
 //! Counting is exact (a counting global allocator: bytes live, not RSS).
 
