@@ -151,18 +151,6 @@ impl std::fmt::Debug for Clients {
     }
 }
 
-impl Clients {
-    /// All four the same client (and so one rate limiter), e.g. in tests.
-    pub fn shared(client: Client) -> Self {
-        Clients {
-            watch: client.clone(),
-            endpoints: client.clone(),
-            slices: client.clone(),
-            mirror: client,
-        }
-    }
-}
-
 /// The Controller; clone freely.
 #[derive(Clone)]
 pub struct Controller {
