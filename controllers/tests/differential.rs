@@ -25,30 +25,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use svcplane_testenv::TestEnv;
 use svcplane_testenv::kubelet::{self, PodBuilder};
+use svcplane_testenv::rng::Rng;
 
 const NS: &str = "diff";
 const KCM_SLICES: &str = "endpointslice-controller.k8s.io";
 const APPS: usize = 5;
-
-/// A small deterministic generator (xorshift64*), so a seed replays the same sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 #[derive(Clone, Debug)]
 struct PodSpec {
@@ -166,7 +147,7 @@ async fn apply(client: &Client, step: &Step) {
 
 /// A random sequence over a world of pods the generator keeps track of.
 fn steps(seed: u64, count: usize) -> Vec<Step> {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let mut pods: BTreeMap<String, PodSpec> = BTreeMap::new();
     let mut out = Vec::new();
     let mut serial = 0;

@@ -11,6 +11,7 @@ use svcplane_dns::server::Handler;
 use svcplane_dns::zone::ZoneService;
 use svcplane_dns::{Config, Index, PodMode};
 use svcplane_model::{ClusterIps, ObjectKey, Service, ServiceType};
+use svcplane_testenv::rng::Rng;
 
 fn handler() -> Handler {
     let mut index = Index::new();
@@ -44,22 +45,6 @@ fn seed(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
     msg.to_vec().expect("encode")
 }
 
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[tokio::test]
 async fn mangled_queries_get_well_formed_answers_or_none() {
     let handler = handler();
@@ -79,7 +64,7 @@ async fn mangled_queries_get_well_formed_answers_or_none() {
         ),
         seed("example.org.", RecordType::TXT, true),
     ];
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut rng = Rng::new(0x5eed_cafe_f00d_d00d);
     let (mut answered, mut dropped) = (0, 0);
     for i in 0..20_000 {
         let mut packet = seeds[i % seeds.len()].clone();
@@ -91,10 +76,10 @@ async fn mangled_queries_get_well_formed_answers_or_none() {
                 }
                 1 if !packet.is_empty() => {
                     let at = rng.below(packet.len());
-                    packet[at] = rng.next() as u8;
+                    packet[at] = rng.next_u64() as u8;
                 }
                 2 => packet.truncate(rng.below(packet.len() + 1)),
-                _ => packet.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+                _ => packet.extend((0..rng.below(16)).map(|_| rng.next_u64() as u8)),
             }
         }
         match handler.respond_to_bytes(&packet, src).await {
