@@ -310,7 +310,7 @@ impl Controller {
                 synced,
                 |me, obj| {
                     let node = me.convert::<svcplane_model::Node, _>("Node", obj);
-                    node.map(|n| (ObjectKey::new("", obj.name_any()), Some(n)))
+                    node.map(|n| (key_of(obj), Some(n)))
                 },
                 |me, key, node| me.cache().apply_node(&key.name, node),
             ),
@@ -361,25 +361,14 @@ impl Controller {
                 Some((key, value)) => apply(self, key, value),
                 None => Vec::new(),
             },
-            Event::Delete(obj) => {
-                let key = if name == "nodes" {
-                    ObjectKey::new("", obj.name_any())
-                } else {
-                    key_of(&obj)
-                };
-                apply(self, key, None)
-            }
+            Event::Delete(obj) => apply(self, key_of(&obj), None),
             Event::Init => {
                 relist.clear();
                 Vec::new()
             }
             Event::InitApply(obj) => {
-                let key = if name == "nodes" {
-                    ObjectKey::new("", obj.name_any())
-                } else {
-                    key_of(&obj)
-                };
-                relist.insert(key);
+                // Nodes, cluster-scoped, get an empty namespace, as in the cache.
+                relist.insert(key_of(&obj));
                 match convert(self, &obj) {
                     Some((key, value)) => apply(self, key, value),
                     None => Vec::new(),

@@ -384,14 +384,13 @@ fn port_records(
         return Lookup::NxDomain;
     }
     if svc.is_headless() {
-        if headless_ips(index, svc).is_empty() {
+        let ips = headless_ips(index, svc);
+        if ips.is_empty() {
             return Lookup::NxDomain;
         }
         return match qtype {
             QType::Srv => srv_headless(index, config, owner, svc, Some((port, protocol))),
-            QType::A | QType::Aaaa => {
-                addresses(owner, config.ttl, &headless_ips(index, svc), qtype)
-            }
+            QType::A | QType::Aaaa => addresses(owner, config.ttl, &ips, qtype),
             _ => Lookup::NoData,
         };
     }
