@@ -644,9 +644,18 @@ async fn many_endpoints_split_into_slices_and_cap_endpoints() {
     // none is over the limit.
     assert!(counts.iter().all(|c| *c <= 40), "{counts:?}");
     assert!(counts.len() >= n.div_ceil(40), "{counts:?}");
+    // Wait for the truncated state (1000 addresses and the annotation): on the way there the
+    // Endpoints can hold 1000 addresses untruncated, some not yet ready.
     let ep = eventually(Duration::from_secs(60), "Endpoints capped", || async {
         match get_endpoints(&client, ns, "web").await {
-            Some(ep) if endpoints_lines(&ep).len() == 1000 => Ok(ep),
+            Some(ep)
+                if endpoints_lines(&ep).len() == 1000
+                    && ep.metadata.annotations.as_ref().is_some_and(|a| {
+                        a.contains_key("endpoints.kubernetes.io/over-capacity")
+                    }) =>
+            {
+                Ok(ep)
+            }
             other => Err(format!("{:?}", other.map(|e| endpoints_lines(&e).len()))),
         }
     })
