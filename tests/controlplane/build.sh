@@ -13,7 +13,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${SVCPLANE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/svcplane}/controlplane
 
 pinned() { # module path, go.mod: the required version, in a require block or on one line
-    sed -E 's/^require[[:space:]]+//' "$2" | awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }'
+    # awk alone, reading to the end: an early exit in a pipe would SIGPIPE the writer, which
+    # pipefail turns into a failed build now and then.
+    awk -v m="$1" '{ sub(/^require[[:space:]]+/, "") } $1 == m && $2 ~ /^v/ && !found { print $2; found = 1 }' "$2"
 }
 k8s_version=$(pinned k8s.io/kubernetes "$here/go.mod")
 etcd_version=$(pinned go.etcd.io/etcd/server/v3 "$here/etcd/go.mod")
