@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use svcplane_model::{LABEL_SERVICE_NAME, Labels, Node, ObjectKey, Pod, Service};
+use svcplane_model::{HintMode, LABEL_SERVICE_NAME, Labels, Node, ObjectKey, Pod, Service};
 
 /// `namespace`, label key, label value.
 type LabelKey = (Box<str>, Box<str>, Box<str>);
@@ -49,6 +49,14 @@ impl Cache {
 
     pub fn endpoints(&self, key: &ObjectKey) -> Option<&Arc<Endpoints>> {
         self.endpoints.get(key)
+    }
+
+    pub fn pod(&self, key: &ObjectKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(name)
     }
 
     pub fn pod_keys(&self) -> impl Iterator<Item = &ObjectKey> {
@@ -226,7 +234,7 @@ impl Cache {
         }
         self.services
             .values()
-            .filter(|s| crate::desired::hint_mode(s) == crate::desired::HintMode::Auto)
+            .filter(|s| s.hint_mode() == HintMode::Auto)
             .map(|s| s.key.clone())
             .collect()
     }

@@ -3,13 +3,12 @@
 //! (`docs/upstream/endpoint-controllers.md` §1, §3.2, §3.3). Pure: no API, no clock.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone,
 };
-use svcplane_model::{AddressType, ClusterIps, IpFamily, Pod, Service, ServicePort};
+use svcplane_model::{AddressType, ClusterIps, HintMode, Pod, Service, ServicePort};
 
 /// A pod counts unless it has finished, has no IP yet, or is terminating when terminating pods
 /// are not wanted.
@@ -24,37 +23,16 @@ pub fn hostname_for(pod: &Pod, svc: &Service) -> Option<String> {
         .then(|| hostname.to_owned())
 }
 
-pub fn family_of(ip: &IpAddr) -> AddressType {
-    match ip {
-        IpAddr::V4(_) => AddressType::V4,
-        IpAddr::V6(_) => AddressType::V6,
-    }
-}
-
-fn family_type(family: IpFamily) -> AddressType {
-    match family {
-        IpFamily::V4 => AddressType::V4,
-        IpFamily::V6 => AddressType::V6,
-    }
-}
-
-pub fn address_type_name(t: AddressType) -> &'static str {
-    match t {
-        AddressType::V4 => "IPv4",
-        AddressType::V6 => "IPv6",
-    }
-}
-
 /// The address types a Service gets slices for: one per IP family; without families, the
 /// cluster IP's; a headless Service without families gets both.
 pub fn address_types(svc: &Service) -> Vec<AddressType> {
     if !svc.ip_families.is_empty() {
-        let mut types: Vec<AddressType> = svc.ip_families.iter().map(|f| family_type(*f)).collect();
+        let mut types: Vec<AddressType> = svc.ip_families.iter().map(|f| (*f).into()).collect();
         types.dedup();
         return types;
     }
     match &svc.cluster_ips {
-        ClusterIps::Ips(ips) if !ips.is_empty() => vec![family_of(&ips[0])],
+        ClusterIps::Ips(ips) if !ips.is_empty() => vec![AddressType::of(&ips[0])],
         _ => vec![AddressType::V4, AddressType::V6],
     }
 }
@@ -63,16 +41,12 @@ pub fn address_types(svc: &Service) -> Vec<AddressType> {
 /// `None` means "each pod's primary IP".
 pub fn endpoints_family(svc: &Service) -> Option<AddressType> {
     if let Some(first) = svc.ip_families.first() {
-        return Some(family_type(*first));
+        return Some((*first).into());
     }
     match &svc.cluster_ips {
-        ClusterIps::Ips(ips) if !ips.is_empty() => Some(family_of(&ips[0])),
+        ClusterIps::Ips(ips) if !ips.is_empty() => Some(AddressType::of(&ips[0])),
         _ => None,
     }
-}
-
-pub fn is_headless(svc: &Service) -> bool {
-    !matches!(&svc.cluster_ips, ClusterIps::Ips(ips) if !ips.is_empty())
 }
 
 pub fn pod_reference(pod: &Pod) -> ObjectReference {
@@ -137,35 +111,6 @@ pub fn port_set(ports: &[EndpointPort]) -> PortSet {
     set
 }
 
-/// How a Service asks for hints on its endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HintMode {
-    None,
-    /// `trafficDistribution: PreferClose` or `PreferSameZone`: each ready endpoint for its zone.
-    SameZone,
-    /// `trafficDistribution: PreferSameNode`: zone and node.
-    SameNode,
-    /// `topology-mode: Auto`: zones get ready endpoints in proportion to their CPU
-    /// ([`auto_hints`]).
-    Auto,
-}
-
-pub fn hint_mode(svc: &Service) -> HintMode {
-    if let Some(mode) = svc.topology_mode.as_deref() {
-        // The annotation, when present, decides alone (even a value that disables hints).
-        return if mode.eq_ignore_ascii_case("auto") {
-            HintMode::Auto
-        } else {
-            HintMode::None
-        };
-    }
-    match svc.traffic_distribution.as_deref() {
-        Some("PreferClose" | "PreferSameZone") => HintMode::SameZone,
-        Some("PreferSameNode") => HintMode::SameNode,
-        _ => HintMode::None,
-    }
-}
-
 /// The slice endpoint for a pod, for one address type. `zone` is the pod's Node's zone label.
 pub fn slice_endpoint(
     svc: &Service,
@@ -197,7 +142,7 @@ pub fn slice_endpoint(
         addresses: pod
             .ips
             .iter()
-            .filter(|ip| family_of(ip) == address_type)
+            .filter(|ip| AddressType::of(ip) == address_type)
             .map(|ip| ip.to_string())
             .collect(),
         conditions: Some(EndpointConditions {
@@ -231,7 +176,7 @@ pub fn slice_groups<'p, 'z>(
     address_type: AddressType,
     zone_of: &dyn Fn(&str) -> Option<Option<&'z str>>,
 ) -> SliceGroups {
-    let hints = hint_mode(svc);
+    let hints = svc.hint_mode();
     let mut out = SliceGroups::default();
     for pod in pods {
         if !include_pod(pod, true) {

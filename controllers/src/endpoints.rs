@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset};
 use svcplane_model::{AddressType, Pod, Service};
 
-use crate::desired::{endpoints_family, family_of, hostname_for, include_pod, is_headless};
+use crate::desired::{endpoints_family, hostname_for, include_pod};
 
 /// Most addresses (ready and not) one Endpoints object holds.
 pub const MAX_ADDRESSES: usize = 1000;
@@ -25,8 +25,8 @@ type Fact = (Option<EndpointPort>, EndpointAddress, bool);
 
 fn pod_address(svc: &Service, pod: &Pod, family: Option<AddressType>) -> Option<EndpointAddress> {
     let primary = pod.ips.first()?;
-    let family = family.unwrap_or_else(|| family_of(primary));
-    let ip = pod.ips.iter().find(|ip| family_of(ip) == family)?;
+    let family = family.unwrap_or_else(|| AddressType::of(primary));
+    let ip = pod.ips.iter().find(|ip| AddressType::of(ip) == family)?;
     Some(EndpointAddress {
         ip: ip.to_string(),
         hostname: hostname_for(pod, svc),
@@ -50,7 +50,7 @@ pub fn desired<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> De
         };
         let ready = svc.publish_not_ready_addresses || pod.ready;
         if svc.ports.is_empty() {
-            if is_headless(svc) {
+            if !svc.has_cluster_ip() {
                 facts.push((None, address, ready));
             }
             continue;

@@ -4,18 +4,17 @@
 //! The rules are pure functions over the model: [`desired`] (which pods, which endpoint, which
 //! ports), [`endpoints`] (v1 Endpoints subsets and the 1000-address cap), [`slices`] (which
 //! slices to create, update and delete, touching as few as possible) and [`mirror`]. The
-//! [`controller`] feeds them from watches through the indexed [`cache`] and a keyed
-//! [`queue`], and writes what they plan; [`leader`] makes sure only one replica writes.
+//! [`controller`] feeds them from watches through the indexed [`cache`] and the runtime's keyed
+//! queue, and writes what they plan; the runtime's Lease election makes sure only one replica
+//! writes.
 //! The upstream behaviour they follow is in `docs/upstream/endpoint-controllers.md`.
 
 pub mod cache;
 pub mod controller;
 pub mod desired;
 pub mod endpoints;
-pub mod leader;
 pub mod metrics;
 pub mod mirror;
-pub mod queue;
 pub mod run;
 pub mod slices;
 

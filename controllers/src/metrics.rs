@@ -15,7 +15,6 @@ pub struct Metrics {
     queue_depth: IntGauge,
     queue_latency: HistogramVec,
     leader: IntGauge,
-    rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -25,7 +24,7 @@ impl Metrics {
             syncs: IntCounterVec::new(
                 Opts::new(
                     "svcplane_endpoints_syncs_total",
-                    "Service syncs, per controller and result (ok, error).",
+                    "Service syncs, per controller and result (ok, stale: the cache was older than our own last write, error).",
                 ),
                 &["controller", "result"],
             )?,
@@ -51,7 +50,7 @@ impl Metrics {
             queue_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "svcplane_endpoints_queue_latency_seconds",
-                    "From a Service being queued to its sync finishing.",
+                    "From a Service being queued to its sync finishing, per result (ok, stale, error).",
                 )
                 .buckets(buckets),
                 &["result"],
@@ -60,13 +59,6 @@ impl Metrics {
                 "svcplane_endpoints_leader",
                 "1 while this replica holds the lease (or runs without leader election).",
             )?,
-            rejected: IntCounterVec::new(
-                Opts::new(
-                    "svcplane_endpoints_rejected_objects_total",
-                    "Objects ignored because they do not convert, per kind and reason.",
-                ),
-                &["kind", "reason"],
-            )?,
         };
         registry.register(Box::new(m.syncs.clone()))?;
         registry.register(Box::new(m.sync_duration.clone()))?;
@@ -74,12 +66,11 @@ impl Metrics {
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.queue_latency.clone()))?;
         registry.register(Box::new(m.leader.clone()))?;
-        registry.register(Box::new(m.rejected.clone()))?;
         Ok(m)
     }
 
-    pub fn synced(&self, controller: &str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
+    /// One sync of one controller; `result` is `ok`, `stale` or `error`.
+    pub fn synced(&self, controller: &str, result: &str, took: Duration) {
         self.syncs.with_label_values(&[controller, result]).inc();
         self.sync_duration
             .with_label_values(&[controller])
@@ -94,8 +85,7 @@ impl Metrics {
         self.queue_depth.set(depth as i64);
     }
 
-    pub fn finished(&self, ok: bool, since_queued: Duration) {
-        let result = if ok { "ok" } else { "error" };
+    pub fn finished(&self, result: &str, since_queued: Duration) {
         self.queue_latency
             .with_label_values(&[result])
             .observe(since_queued.as_secs_f64());
@@ -103,9 +93,5 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
-    }
-
-    pub fn rejected(&self, kind: &str, reason: &str) {
-        self.rejected.with_label_values(&[kind, reason]).inc();
     }
 }

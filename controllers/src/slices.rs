@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use svcplane_model::{AddressType, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Service};
 
-use crate::desired::{PortSet, SliceGroups, address_type_name, is_headless, port_set};
+use crate::desired::{PortSet, SliceGroups, port_set};
 
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 
@@ -32,7 +32,7 @@ impl Plan {
 /// The labels every slice of `svc` carries.
 pub fn slice_labels(svc: &Service, managed_by: &str) -> BTreeMap<String, String> {
     let mut labels = own_labels(svc.labels.iter());
-    if is_headless(svc) {
+    if !svc.has_cluster_ip() {
         labels.insert(LABEL_HEADLESS.into(), String::new());
     }
     labels.insert(LABEL_SERVICE_NAME.into(), svc.key.name.to_string());
@@ -149,7 +149,7 @@ fn new_slice(
             owner_references: Some(vec![owner_reference(svc)]),
             ..Default::default()
         },
-        address_type: address_type_name(address_type).into(),
+        address_type: address_type.as_str().into(),
         ports: Some(ports.to_vec()),
         endpoints: Some(Vec::new()),
     }
@@ -176,7 +176,7 @@ pub fn plan(
     let mut out = Plan::default();
     let max = max_per_slice.max(1);
     for (address_type, groups) in desired {
-        let type_name = address_type_name(*address_type);
+        let type_name = address_type.as_str();
         let mine: Vec<&Arc<EndpointSlice>> = existing
             .iter()
             .filter(|s| s.address_type == type_name && owned_by(s, svc))
@@ -191,7 +191,7 @@ pub fn plan(
     for slice in existing {
         let wanted_type = desired
             .iter()
-            .any(|(t, _)| address_type_name(*t) == slice.address_type);
+            .any(|(t, _)| t.as_str() == slice.address_type);
         if !wanted_type || !owned_by(slice, svc) {
             out.delete.push(slice.clone());
         }

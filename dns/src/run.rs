@@ -15,6 +15,23 @@ use crate::server::{DnsServer, Handler};
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::{Config, Index, PodMode};
 
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--nameserver-service must be namespace/name, got {0:?}")]
+    NameserverService(String),
+    #[error(transparent)]
+    Runtime(#[from] svcplane_runtime::Error),
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    #[error("reading the admin server's address")]
+    AdminAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    Server(#[from] crate::server::Error),
+    #[error("the DNS server task ended abnormally")]
+    ServerTask(#[from] tokio::task::JoinError),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PodsFlag {
     Disabled,
@@ -78,11 +95,11 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Args {
-    pub fn config(&self) -> anyhow::Result<Config> {
+    pub fn config(&self) -> Result<Config, Error> {
         let (ns, name) = self
             .nameserver_service
             .split_once('/')
-            .ok_or_else(|| anyhow::anyhow!("--nameserver-service must be namespace/name"))?;
+            .ok_or_else(|| Error::NameserverService(self.nameserver_service.clone()))?;
         Ok(Config {
             zone: self
                 .cluster_domain
@@ -100,13 +117,14 @@ impl Args {
 }
 
 /// Serves until SIGTERM/SIGINT, then keeps answering through the lameduck period.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(args: Args) -> Result<(), Error> {
     let config = Arc::new(args.config()?);
     let client = args.client.client().await?;
     let index = Arc::new(ArcSwap::from_pointee(Index::new()));
     let health = Health::new();
     let registry = prometheus::Registry::new();
     let metrics = crate::metrics::Metrics::register(&registry)?;
+    let watch_metrics = svcplane_runtime::WatchMetrics::register(&registry)?;
 
     let upstreams = if args.upstream.is_empty() {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -132,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let dns = DnsServer::bind(&args.listen, handler).await?;
     let admin = AdminServer::bind(args.admin.admin_addr).await?;
-    tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr()?, zone = %config.zone, "serving");
+    tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr().map_err(Error::AdminAddr)?, zone = %config.zone, "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -144,6 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         index.clone(),
         config.pods == PodMode::Verified,
         metrics,
+        watch_metrics,
         move || ready.set_ready(true),
         stopped(stop_rx.clone()),
     ));

@@ -3,7 +3,6 @@
 //! model's change trackers, and only what changed is applied to a copy of the index, which is
 //! then published. Readers never wait for this.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -13,10 +12,12 @@ use arc_swap::ArcSwap;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod, Service as ApiService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as ApiSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
 use svcplane_model::{EndpointSlice, ObjectKey, Pod, Service};
+use svcplane_runtime::{Informer, WatchMetrics};
 
 use crate::Index;
 use crate::metrics::Metrics;
@@ -33,138 +34,73 @@ enum Update {
 /// What `--pods verified` keeps of a pod: its namespace and IPs.
 type PodFacts = (Box<str>, Vec<IpAddr>);
 
-/// The watch side's own state: the trackers and what a re-list is collecting.
+/// The watch side's own state: one informer per watch and the trackers they feed.
 struct State {
     services: ChangeTracker<ObjectKey, Arc<ZoneService>>,
     slices: EndpointsTracker<ZoneSlice>,
-    namespaces: ChangeTracker<Box<str>, ()>,
+    namespaces: ChangeTracker<ObjectKey, ()>,
     pods: ChangeTracker<ObjectKey, PodFacts>,
-    relist_services: Vec<(ObjectKey, Arc<ZoneService>)>,
-    relist_slices: Vec<Arc<ZoneSlice>>,
-    relist_namespaces: Vec<(Box<str>, ())>,
-    relist_pods: Vec<(ObjectKey, PodFacts)>,
-    /// Which watches have completed their first list.
-    synced: HashSet<&'static str>,
-    needed: usize,
-}
-
-fn key_of<K: Resource>(obj: &K) -> ObjectKey {
-    ObjectKey::new(obj.namespace().unwrap_or_default(), obj.name_any())
+    service_informer: Informer<ApiService, Arc<ZoneService>>,
+    slice_informer: Informer<ApiSlice, Arc<ZoneSlice>>,
+    namespace_informer: Informer<Namespace, ()>,
+    pod_informer: Informer<ApiPod, PodFacts>,
+    watch_pods: bool,
 }
 
 /// Converts to the model (which validates), then keeps only what the zone answers from.
-fn convert_service(obj: &ApiService) -> Option<Arc<ZoneService>> {
-    Service::try_from(obj)
-        .map(|svc| Arc::new(ZoneService::from(&svc)))
-        .map_err(|error| {
-            tracing::warn!(service = %key_of(obj), reason = error.reason(), %error, "ignoring a Service that does not convert; its previous version keeps answering");
-        })
-        .ok()
+fn convert_service(obj: &ApiService) -> Result<Option<Arc<ZoneService>>, svcplane_model::Error> {
+    Service::try_from(obj).map(|svc| Some(Arc::new(ZoneService::from(&svc))))
 }
 
-fn convert_slice(obj: &ApiSlice) -> Option<Arc<ZoneSlice>> {
-    EndpointSlice::try_from(obj)
-        .map(|slice| Arc::new(ZoneSlice::from(&slice)))
-        .map_err(|error| {
-            // FQDN slices are legitimate, just not served.
-            if error.reason() == "unsupported_address_type" {
-                tracing::debug!(slice = %key_of(obj), %error, "skipping EndpointSlice");
-            } else {
-                tracing::warn!(slice = %key_of(obj), reason = error.reason(), %error, "ignoring an EndpointSlice that does not convert");
-            }
-        })
-        .ok()
+fn convert_slice(obj: &ApiSlice) -> Result<Option<Arc<ZoneSlice>>, svcplane_model::Error> {
+    match EndpointSlice::try_from(obj) {
+        Ok(slice) => Ok(Some(Arc::new(ZoneSlice::from(&slice)))),
+        // FQDN slices are legitimate, just not served.
+        Err(error) if error.reason() == "unsupported_address_type" => {
+            tracing::debug!(slice = %ObjectKey::of(obj), %error, "skipping EndpointSlice");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The pod facts `--pods verified` needs: namespace and IPs, while it runs and is not finished.
-fn convert_pod(obj: &ApiPod) -> Option<PodFacts> {
-    match Pod::try_from(obj) {
-        Ok(pod) if !pod.is_terminal() && !pod.ips.is_empty() => Some((pod.key.namespace, pod.ips)),
-        Ok(_) => None,
-        Err(error) => {
-            tracing::warn!(pod = %key_of(obj), reason = error.reason(), %error, "ignoring a Pod that does not convert");
-            None
-        }
-    }
+fn convert_pod(obj: &ApiPod) -> Result<Option<PodFacts>, svcplane_model::Error> {
+    let pod = Pod::try_from(obj)?;
+    Ok((!pod.is_terminal() && !pod.ips.is_empty()).then_some((pod.key.namespace, pod.ips)))
 }
 
 impl State {
-    fn new(watch_pods: bool) -> Self {
+    fn new(watch_pods: bool, metrics: &WatchMetrics) -> Self {
         State {
             services: ChangeTracker::new(),
-            slices: EndpointsTracker::new(),
+            // Trigger times from before this process started are not its programming latency.
+            slices: EndpointsTracker::since(Timestamp::now()),
             namespaces: ChangeTracker::new(),
             pods: ChangeTracker::new(),
-            relist_services: Vec::new(),
-            relist_slices: Vec::new(),
-            relist_namespaces: Vec::new(),
-            relist_pods: Vec::new(),
-            synced: HashSet::new(),
-            needed: if watch_pods { 4 } else { 3 },
+            service_informer: Informer::new("Service", Box::new(convert_service), metrics.clone()),
+            slice_informer: Informer::new("EndpointSlice", Box::new(convert_slice), metrics.clone()),
+            namespace_informer: Informer::new("Namespace", Box::new(|_| Ok(Some(()))), metrics.clone()),
+            pod_informer: Informer::new("Pod", Box::new(convert_pod), metrics.clone()),
+            watch_pods,
         }
     }
 
+    fn synced(&self) -> bool {
+        self.service_informer.is_synced()
+            && self.slice_informer.is_synced()
+            && self.namespace_informer.is_synced()
+            && (!self.watch_pods || self.pod_informer.is_synced())
+    }
+
+    /// Applies one event; an object that does not convert keeps answering from its last good
+    /// version (the informer logs and counts it).
     fn handle(&mut self, update: Update) {
         match update {
-            Update::Service(event) => match *event {
-                Event::Apply(obj) => {
-                    if let Some(svc) = convert_service(&obj) {
-                        self.services.apply(key_of(&obj), Some(svc));
-                    }
-                }
-                Event::Delete(obj) => self.services.apply(key_of(&obj), None),
-                Event::Init => self.relist_services.clear(),
-                Event::InitApply(obj) => {
-                    if let Some(svc) = convert_service(&obj) {
-                        self.relist_services.push((key_of(&obj), svc));
-                    } else if let Some(old) = self.services.get(&key_of(&obj)) {
-                        // Keep the last good version through a re-list too.
-                        self.relist_services.push((key_of(&obj), old.clone()));
-                    }
-                }
-                Event::InitDone => {
-                    self.services.resync(self.relist_services.drain(..));
-                    self.synced.insert("services");
-                }
-            },
-            Update::Slice(event) => match *event {
-                Event::Apply(obj) => {
-                    if let Some(slice) = convert_slice(&obj) {
-                        self.slices.apply(key_of(&obj), Some(slice));
-                    }
-                }
-                Event::Delete(obj) => self.slices.apply(key_of(&obj), None),
-                Event::Init => self.relist_slices.clear(),
-                Event::InitApply(obj) => self.relist_slices.extend(convert_slice(&obj)),
-                Event::InitDone => {
-                    self.slices.resync(self.relist_slices.drain(..));
-                    self.synced.insert("endpointslices");
-                }
-            },
-            Update::Namespace(event) => match *event {
-                Event::Apply(obj) => self.namespaces.apply(obj.name_any().into(), Some(())),
-                Event::Delete(obj) => self.namespaces.apply(obj.name_any().into(), None),
-                Event::Init => self.relist_namespaces.clear(),
-                Event::InitApply(obj) => self.relist_namespaces.push((obj.name_any().into(), ())),
-                Event::InitDone => {
-                    self.namespaces.resync(self.relist_namespaces.drain(..));
-                    self.synced.insert("namespaces");
-                }
-            },
-            Update::Pod(event) => match *event {
-                Event::Apply(obj) => self.pods.apply(key_of(&obj), convert_pod(&obj)),
-                Event::Delete(obj) => self.pods.apply(key_of(&obj), None),
-                Event::Init => self.relist_pods.clear(),
-                Event::InitApply(obj) => {
-                    if let Some(pod) = convert_pod(&obj) {
-                        self.relist_pods.push((key_of(&obj), pod));
-                    }
-                }
-                Event::InitDone => {
-                    self.pods.resync(self.relist_pods.drain(..));
-                    self.synced.insert("pods");
-                }
-            },
+            Update::Service(e) => drop(self.service_informer.handle(*e, &mut self.services)),
+            Update::Slice(e) => drop(self.slice_informer.handle(*e, &mut self.slices)),
+            Update::Namespace(e) => drop(self.namespace_informer.handle(*e, &mut self.namespaces)),
+            Update::Pod(e) => drop(self.pod_informer.handle(*e, &mut self.pods)),
         }
     }
 
@@ -174,7 +110,7 @@ impl State {
         let slices = self.slices.drain();
         let namespaces = self.namespaces.drain();
         let pods = self.pods.drain();
-        let newly_synced = !current.is_synced() && self.synced.len() == self.needed;
+        let newly_synced = !current.is_synced() && self.synced();
         if services.is_empty()
             && slices.is_empty()
             && namespaces.is_empty()
@@ -189,29 +125,18 @@ impl State {
         for change in services {
             next.apply_service(change.key, change.current);
         }
-        let now = k8s_openapi::jiff::Timestamp::now();
+        // Published right after this returns: "now" is when these changes start answering.
+        let now = Timestamp::now();
         for change in slices {
-            // The newest trigger time among the Service's slices is the change now programmed.
-            let triggered = change
-                .current
-                .iter()
-                .flat_map(|e| e.slices.iter())
-                .filter_map(|s| {
-                    s.trigger_time
-                        .as_deref()?
-                        .parse::<k8s_openapi::jiff::Timestamp>()
-                        .ok()
-                })
-                .max();
-            if let Some(t) = triggered
-                && let Ok(took) = std::time::Duration::try_from(now.duration_since(t))
-            {
-                metrics.programmed(took);
+            for t in &change.trigger_times {
+                if let Ok(took) = std::time::Duration::try_from(now.duration_since(*t)) {
+                    metrics.programmed(took);
+                }
             }
             next.apply_endpoints(change.key, change.current);
         }
         for change in namespaces {
-            next.apply_namespace(&change.key, change.current.is_some());
+            next.apply_namespace(&change.key.name, change.current.is_some());
         }
         for change in pods {
             if let Some((ns, ips)) = &change.previous {
@@ -256,6 +181,7 @@ pub async fn run(
     index: Arc<ArcSwap<Index>>,
     watch_pods: bool,
     metrics: Metrics,
+    watch_metrics: WatchMetrics,
     on_synced: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) {
@@ -277,7 +203,7 @@ pub async fn run(
             .ready_chunks(1024)
     );
     let mut shutdown = pin!(shutdown);
-    let mut state = State::new(watch_pods);
+    let mut state = State::new(watch_pods, &watch_metrics);
     loop {
         let batch = tokio::select! {
             _ = &mut shutdown => return,

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use k8s_openapi::jiff::Timestamp;
 use svcplane_model::tracker::TrackedSlice;
 use svcplane_model::{EndpointSlice, ObjectKey, Protocol, Service, ServiceType};
 
@@ -86,7 +87,7 @@ pub struct ZoneSlice {
     /// One entry per address of every ready endpoint, in slice order.
     pub ready: Box<[ZoneEndpoint]>,
     /// `endpoints.kubernetes.io/last-change-trigger-time`, for the programming-latency metric.
-    pub trigger_time: Option<Box<str>>,
+    pub trigger_time: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +133,7 @@ impl From<&EndpointSlice> for ZoneSlice {
                     })
                 })
                 .collect(),
-            trigger_time: slice.trigger_time.clone(),
+            trigger_time: slice.trigger_time,
         }
     }
 }
@@ -149,5 +150,9 @@ impl TrackedSlice for ZoneSlice {
     /// Ports and ready addresses; the trigger time is bookkeeping.
     fn same_endpoints(&self, other: &Self) -> bool {
         self.key == other.key && self.ports == other.ports && self.ready == other.ready
+    }
+
+    fn trigger_time(&self) -> Option<Timestamp> {
+        self.trigger_time
     }
 }

@@ -1,9 +1,10 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::convert::{boxed, convert_all, ip, port, required};
-use crate::service::Protocol;
+use crate::service::{IpFamily, Protocol};
 use crate::{
     ANNOTATION_LAST_CHANGE_TRIGGER_TIME, Error, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, ObjectKey,
     Result,
@@ -21,16 +22,44 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
     pub managed_by: Option<Box<str>>,
-    /// Raw `endpoints.kubernetes.io/last-change-trigger-time`, for programming-latency metrics.
-    pub trigger_time: Option<Box<str>>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, for programming-latency metrics; an
+    /// unparsable value counts as absent (as upstream's trackers treat it).
+    pub trigger_time: Option<Timestamp>,
     /// Lets a controller detect that its own cache is older than what it last wrote.
     pub resource_version: Option<Box<str>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AddressType {
     V4,
     V6,
+}
+
+impl AddressType {
+    /// The family of one address.
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => AddressType::V4,
+            IpAddr::V6(_) => AddressType::V6,
+        }
+    }
+
+    /// The API spelling: `IPv4`, `IPv6`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressType::V4 => "IPv4",
+            AddressType::V6 => "IPv6",
+        }
+    }
+}
+
+impl From<IpFamily> for AddressType {
+    fn from(family: IpFamily) -> Self {
+        match family {
+            IpFamily::V4 => AddressType::V4,
+            IpFamily::V6 => AddressType::V6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +159,7 @@ impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME))
-                .map(|v| v.as_str().into()),
+                .and_then(|v| v.parse().ok()),
             resource_version: boxed(&meta.resource_version),
         })
     }

@@ -24,7 +24,7 @@ pub use key::ObjectKey;
 pub use labels::{Labels, Selector};
 pub use pod::{NamedPort, Node, Pod, PodPhase};
 pub use service::{
-    ClusterIps, IpFamily, IpFamilyPolicy, Protocol, Service, ServicePort, ServiceType,
+    ClusterIps, HintMode, IpFamily, IpFamilyPolicy, Protocol, Service, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,
 };
 

@@ -49,6 +49,18 @@ pub struct Service {
     pub deleting: bool,
 }
 
+/// How a Service asks for topology hints on its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintMode {
+    None,
+    /// `trafficDistribution: PreferClose` or `PreferSameZone`: each ready endpoint for its zone.
+    SameZone,
+    /// `trafficDistribution: PreferSameNode`: zone and node.
+    SameNode,
+    /// `topology-mode: Auto`: zones get ready endpoints in proportion to their CPU.
+    Auto,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServiceType {
     ClusterIp,
@@ -60,9 +72,9 @@ pub enum ServiceType {
 /// What `spec.clusterIPs` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterIps {
-    /// No cluster IP: ExternalName Services, or one not yet allocated.
-    Unset,
-    /// `clusterIP: None`.
+    /// No cluster IP set: ExternalName Services, or one not yet allocated.
+    NotSet,
+    /// `clusterIP: None`: what "headless" means everywhere in svcplane.
     Headless,
     /// One address per family, primary first.
     Ips(Vec<IpAddr>),
@@ -164,7 +176,7 @@ impl Service {
             uid: None,
             labels: Labels::default(),
             type_,
-            cluster_ips: ClusterIps::Unset,
+            cluster_ips: ClusterIps::NotSet,
             ip_families: Vec::new(),
             ip_family_policy: None,
             ports: Vec::new(),
@@ -190,6 +202,13 @@ impl Service {
         self.cluster_ips == ClusterIps::Headless
     }
 
+    /// True when a cluster IP is set (upstream's `IsServiceIPSet`): not headless, not ExternalName,
+    /// not waiting for allocation. The endpoint controllers label the Endpoints and slices of every
+    /// other Service `service.kubernetes.io/headless`, as upstream does.
+    pub fn has_cluster_ip(&self) -> bool {
+        !self.cluster_ips().is_empty()
+    }
+
     /// The allocated cluster IPs, primary first; empty when headless or unset.
     pub fn cluster_ips(&self) -> &[IpAddr] {
         match &self.cluster_ips {
@@ -198,13 +217,27 @@ impl Service {
         }
     }
 
-    /// Whether the Service asks for topology hints (`topology-mode: Auto` or a traffic distribution).
+    /// How the Service asks for hints on its endpoints. The annotation, when present, decides
+    /// alone (even a value that turns hints off); otherwise `trafficDistribution`. The endpoints
+    /// controller writes hints by it and the proxy decides by it whether to use them.
+    pub fn hint_mode(&self) -> HintMode {
+        if let Some(mode) = self.topology_mode.as_deref() {
+            return if mode.eq_ignore_ascii_case("auto") {
+                HintMode::Auto
+            } else {
+                HintMode::None
+            };
+        }
+        match self.traffic_distribution.as_deref() {
+            Some("PreferClose" | "PreferSameZone") => HintMode::SameZone,
+            Some("PreferSameNode") => HintMode::SameNode,
+            _ => HintMode::None,
+        }
+    }
+
+    /// Whether the Service asks for topology hints at all.
     pub fn wants_topology_hints(&self) -> bool {
-        let auto = self
-            .topology_mode
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case("auto"));
-        auto || self.traffic_distribution.is_some()
+        self.hint_mode() != HintMode::None
     }
 }
 
@@ -242,7 +275,7 @@ impl TryFrom<&core::Service> for Service {
             _ => &[],
         };
         let cluster_ips = if type_ == ServiceType::ExternalName || raw_ips.is_empty() {
-            ClusterIps::Unset
+            ClusterIps::NotSet
         } else if raw_ips[0] == "None" {
             ClusterIps::Headless
         } else {

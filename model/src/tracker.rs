@@ -7,11 +7,47 @@
 //! diff, so consumers never do work for changes that cancelled out.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
+
 use crate::{EndpointSlice, ObjectKey};
+
+/// Where a watch keeps what it has seen, keyed by object: a tracker, or a consumer's own
+/// indexed cache. A watch intake (`svcplane-runtime`'s informer) drives it: `apply` per event,
+/// `resync` after a re-list, `get` to keep the last good version of an object whose newer
+/// version does not convert.
+pub trait Store {
+    type Value: Clone;
+
+    /// Sets (`Some`) or removes (`None`) one object.
+    fn apply(&mut self, key: ObjectKey, value: Option<Self::Value>);
+
+    /// The object now held under `key`.
+    fn get(&self, key: &ObjectKey) -> Option<Self::Value>;
+
+    /// Every key held.
+    fn keys(&self) -> Vec<ObjectKey>;
+
+    /// Replaces everything after a re-list: keys missing from `items` are removed (objects
+    /// deleted while the watch was down), then every listed value is applied.
+    fn resync(&mut self, items: Vec<(ObjectKey, Self::Value)>) {
+        let listed: HashSet<&ObjectKey> = items.iter().map(|(k, _)| k).collect();
+        let gone: Vec<ObjectKey> = self
+            .keys()
+            .into_iter()
+            .filter(|k| !listed.contains(k))
+            .collect();
+        for key in gone {
+            self.apply(key, None);
+        }
+        for (key, value) in items {
+            self.apply(key, Some(value));
+        }
+    }
+}
 
 /// One key's change between two drains. `None` means "absent".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +142,26 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> ChangeTracker<K, V> {
     }
 }
 
+impl<V: Clone + PartialEq> Store for ChangeTracker<ObjectKey, V> {
+    type Value = V;
+
+    fn apply(&mut self, key: ObjectKey, value: Option<V>) {
+        ChangeTracker::apply(self, key, value);
+    }
+
+    fn get(&self, key: &ObjectKey) -> Option<V> {
+        self.current.get(key).cloned()
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.current.keys().cloned().collect()
+    }
+
+    fn resync(&mut self, items: Vec<(ObjectKey, V)>) {
+        ChangeTracker::resync(self, items);
+    }
+}
+
 /// The updates a re-list amounts to: a removal for every known key missing from `fresh`, then
 /// every fresh value. Unchanged values cancel out in the trackers' `apply`.
 fn relist<K: Eq + Hash + Clone, V>(
@@ -130,6 +186,11 @@ pub trait TrackedSlice {
     /// Whether two versions say the same thing to this consumer; bookkeeping such as resource
     /// versions or trigger-time annotations does not count.
     fn same_endpoints(&self, other: &Self) -> bool;
+    /// When the change this version carries was triggered
+    /// (`endpoints.kubernetes.io/last-change-trigger-time`).
+    fn trigger_time(&self) -> Option<Timestamp> {
+        None
+    }
 }
 
 impl TrackedSlice for EndpointSlice {
@@ -147,6 +208,10 @@ impl TrackedSlice for EndpointSlice {
             && self.address_type == other.address_type
             && self.ports == other.ports
             && self.endpoints == other.endpoints
+    }
+
+    fn trigger_time(&self) -> Option<Timestamp> {
+        self.trigger_time
     }
 }
 
@@ -193,6 +258,22 @@ pub struct EndpointsTracker<S = EndpointSlice> {
     by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// For each Service touched since the last drain, its endpoints at that drain.
     previous: HashMap<ObjectKey, Option<ServiceEndpoints<S>>>,
+    /// Trigger times of the endpoint changes applied since the last drain, per Service.
+    triggers: HashMap<ObjectKey, Vec<Timestamp>>,
+    /// Trigger times before this are not reported: objects listed at start-up carry the times of
+    /// changes made long before this consumer ran (upstream's tracker start time).
+    since: Option<Timestamp>,
+}
+
+/// One Service's endpoints between two drains, and when the changes in between were triggered:
+/// what a consumer reports as network-programming latency once it has applied the change.
+#[derive(Debug)]
+pub struct EndpointsChange<S = EndpointSlice> {
+    pub key: ObjectKey,
+    pub previous: Option<ServiceEndpoints<S>>,
+    pub current: Option<ServiceEndpoints<S>>,
+    /// One entry per slice update that changed endpoints and carried a trigger time.
+    pub trigger_times: Vec<Timestamp>,
 }
 
 impl<S> Default for EndpointsTracker<S> {
@@ -201,6 +282,8 @@ impl<S> Default for EndpointsTracker<S> {
             slices: HashMap::new(),
             by_service: HashMap::new(),
             previous: HashMap::new(),
+            triggers: HashMap::new(),
+            since: None,
         }
     }
 }
@@ -210,8 +293,31 @@ impl<S: TrackedSlice> EndpointsTracker<S> {
         Self::default()
     }
 
+    /// A tracker that reports only trigger times at or after `start` (the consumer's start).
+    pub fn since(start: Timestamp) -> Self {
+        Self {
+            since: Some(start),
+            ..Self::default()
+        }
+    }
+
     /// Sets or removes one slice. A slice that moved to another Service touches both.
     pub fn apply(&mut self, slice_key: ObjectKey, slice: Option<Arc<S>>) {
+        if let Some(new) = &slice
+            && let Some(t) = new.trigger_time()
+            && self.since.is_none_or(|since| t >= since)
+        {
+            let changed = self
+                .slices
+                .get(&slice_key)
+                .is_none_or(|old| !old.same_endpoints(new));
+            if changed {
+                self.triggers
+                    .entry(new.service().clone())
+                    .or_default()
+                    .push(t);
+            }
+        }
         let old_service = self.slices.get(&slice_key).map(|s| s.service().clone());
         let new_service = slice.as_ref().map(|s| s.service().clone());
         for svc in old_service.iter().chain(new_service.iter()) {
@@ -271,20 +377,39 @@ impl<S: TrackedSlice> EndpointsTracker<S> {
         self.previous.len()
     }
 
-    /// Takes the per-Service diff since the last drain, leaving out changes that cancelled out.
-    pub fn drain(&mut self) -> Vec<Change<ObjectKey, ServiceEndpoints<S>>> {
+    /// Takes the per-Service diff since the last drain, leaving out changes that cancelled out
+    /// (and with them their trigger times: nothing is programmed for them).
+    pub fn drain(&mut self) -> Vec<EndpointsChange<S>> {
         let touched: Vec<_> = self.previous.drain().collect();
+        let mut triggers = std::mem::take(&mut self.triggers);
         touched
             .into_iter()
             .filter_map(|(key, previous)| {
                 let current = self.endpoints(&key);
-                (previous != current).then_some(Change {
+                (previous != current).then(|| EndpointsChange {
+                    trigger_times: triggers.remove(&key).unwrap_or_default(),
                     key,
                     previous,
                     current,
                 })
             })
             .collect()
+    }
+}
+
+impl<S: TrackedSlice> Store for EndpointsTracker<S> {
+    type Value = Arc<S>;
+
+    fn apply(&mut self, key: ObjectKey, value: Option<Arc<S>>) {
+        EndpointsTracker::apply(self, key, value);
+    }
+
+    fn get(&self, key: &ObjectKey) -> Option<Arc<S>> {
+        self.slices.get(key).cloned()
+    }
+
+    fn keys(&self) -> Vec<ObjectKey> {
+        self.slices.keys().cloned().collect()
     }
 }
 

@@ -27,6 +27,10 @@ pub struct ClientArgs {
     /// Requests allowed in a burst above --kube-api-qps.
     #[arg(long, env = "SVCPLANE_KUBE_API_BURST", default_value_t = 30)]
     pub kube_api_burst: u32,
+    /// Longest wait for the API server to answer one request (watches excepted: they are long
+    /// by design). A stalled request fails instead of holding a worker or a lease renewal.
+    #[arg(long, env = "SVCPLANE_KUBE_API_TIMEOUT", default_value = "30s", value_parser = crate::parse_duration)]
+    pub kube_api_timeout: Duration,
 }
 
 impl ClientArgs {
@@ -49,12 +53,15 @@ impl ClientArgs {
         }
     }
 
-    /// A client whose requests are held to --kube-api-qps/--kube-api-burst.
+    /// A client whose requests are held to --kube-api-qps/--kube-api-burst and bounded by
+    /// --kube-api-timeout.
     pub async fn client(&self) -> Result<Client> {
         let config = self.config().await?;
         let limit = RateLimitLayer::new(self.kube_api_qps, self.kube_api_burst)?;
+        let timeout = RequestTimeoutLayer::new(self.kube_api_timeout)?;
         Ok(kube::client::ClientBuilder::try_from(config)
             .map_err(Error::ClientBuild)?
+            .with_layer(&timeout)
             .with_layer(&limit)
             .build())
     }
@@ -142,6 +149,82 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         self.permitted = false;
         self.inner.call(req)
+    }
+}
+
+/// Fails a request the API server has not started answering within the timeout, like
+/// client-go's `rest.Config.Timeout`, except for watches (`watch=true`), which stay open by
+/// design. The rate limiter sits outside it, so time spent waiting for a token does not count.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTimeoutLayer {
+    timeout: Duration,
+}
+
+impl RequestTimeoutLayer {
+    pub fn new(timeout: Duration) -> Result<Self> {
+        if timeout.is_zero() {
+            return Err(Error::InvalidTimeout);
+        }
+        Ok(Self { timeout })
+    }
+}
+
+impl<S> Layer<S> for RequestTimeoutLayer {
+    type Service = RequestTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service [`RequestTimeoutLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct RequestTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+/// The error a timed-out request fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the API server did not answer within {0:?}")]
+pub struct TimedOut(pub Duration);
+
+fn is_watch<B>(req: &http::Request<B>) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+}
+
+impl<S, B> Service<http::Request<B>> for RequestTimeout<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let watch = is_watch(&req);
+        let timeout = self.timeout;
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            if watch {
+                return response.await.map_err(Into::into);
+            }
+            match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(TimedOut(timeout)) as tower::BoxError),
+            }
+        })
     }
 }
 

@@ -15,6 +15,17 @@ pub enum Error {
     ClientBuild(#[source] kube::Error),
     #[error("--kube-api-qps must be positive and --kube-api-burst at least 1 (got {qps}, {burst})")]
     InvalidRateLimit { qps: f64, burst: u32 },
+    #[error(
+        "leader election needs lease duration > renew deadline > 1.2 x retry period \
+         (got {lease:?}, {renew:?}, {retry:?})"
+    )]
+    LeaderTimings {
+        lease: std::time::Duration,
+        renew: std::time::Duration,
+        retry: std::time::Duration,
+    },
+    #[error("--kube-api-timeout must be more than zero")]
+    InvalidTimeout,
     #[error("binding the admin server to {addr}")]
     AdminBind {
         addr: SocketAddr,

@@ -291,13 +291,13 @@ fn traffic_distribution_hints() {
     let mut svc = service("ns", "web");
     let p = pod("ns", "a", "web", "10.244.0.5");
     svc.traffic_distribution = Some("PreferClose".into());
-    assert_eq!(hint_mode(&svc), HintMode::SameZone);
-    let e = slice_endpoint(&svc, &p, AddressType::V4, Some("zone-a"), hint_mode(&svc));
+    assert_eq!(svc.hint_mode(), HintMode::SameZone);
+    let e = slice_endpoint(&svc, &p, AddressType::V4, Some("zone-a"), svc.hint_mode());
     let hints = e.hints.expect("hints");
     assert_eq!(hints.for_zones.expect("zones")[0].name, "zone-a");
     assert!(hints.for_nodes.is_none());
     svc.traffic_distribution = Some("PreferSameNode".into());
-    let e = slice_endpoint(&svc, &p, AddressType::V4, Some("zone-a"), hint_mode(&svc));
+    let e = slice_endpoint(&svc, &p, AddressType::V4, Some("zone-a"), svc.hint_mode());
     assert_eq!(
         e.hints.expect("hints").for_nodes.expect("nodes")[0].name,
         "node-1"
@@ -310,14 +310,14 @@ fn traffic_distribution_hints() {
             &unready,
             AddressType::V4,
             Some("zone-a"),
-            hint_mode(&svc)
+            svc.hint_mode()
         )
         .hints
         .is_none()
     );
     // The annotation decides when present, even against trafficDistribution.
     svc.topology_mode = Some("Disabled".into());
-    assert_eq!(hint_mode(&svc), HintMode::None);
+    assert_eq!(svc.hint_mode(), HintMode::None);
 }
 
 fn node(name: &str, zone: Option<&str>, cpu: u64) -> svcplane_model::Node {

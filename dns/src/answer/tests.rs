@@ -42,7 +42,7 @@ fn ips_families(ips: &ClusterIps) -> Vec<IpFamily> {
 }
 
 fn external(ns: &str, name: &str, target: &str) -> Service {
-    let mut s = service(ns, name, ClusterIps::Unset, vec![]);
+    let mut s = service(ns, name, ClusterIps::NotSet, vec![]);
     s.type_ = ServiceType::ExternalName;
     s.external_name = Some(target.into());
     s

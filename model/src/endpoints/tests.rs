@@ -74,7 +74,10 @@ fn converts_every_field() {
     assert_eq!(s.service, ObjectKey::new("shop", "web"));
     assert_eq!(s.address_type, AddressType::V4);
     assert_eq!(s.managed_by.as_deref(), Some("svcplane.dev/endpoints"));
-    assert_eq!(s.trigger_time.as_deref(), Some("2026-11-23T10:00:00Z"));
+    assert_eq!(
+        s.trigger_time,
+        Some("2026-11-23T10:00:00Z".parse().expect("timestamp"))
+    );
     assert_eq!(s.resource_version.as_deref(), Some("42"));
     assert_eq!(
         s.ports,

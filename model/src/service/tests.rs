@@ -78,7 +78,7 @@ fn cluster_ip_variants() {
                 s.cluster_ip = None;
                 s.cluster_ips = None;
             }),
-            ClusterIps::Unset,
+            ClusterIps::NotSet,
         ),
         (
             // Only the legacy singular field set.
@@ -99,7 +99,7 @@ fn cluster_ip_variants() {
                 s.type_ = Some("ExternalName".into());
                 s.external_name = Some("example.org.".into());
             }),
-            ClusterIps::Unset,
+            ClusterIps::NotSet,
         ),
     ];
     for (svc, want) in cases {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::{AddressType, Conditions, Endpoint};
+use k8s_openapi::jiff::Timestamp;
 
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new("ns", name)
@@ -33,9 +34,26 @@ fn slice(name: &str, service: &str, ips: &[&str], ready: bool) -> Arc<EndpointSl
 }
 
 fn keys<V>(changes: &[Change<ObjectKey, V>]) -> Vec<String> {
-    let mut k: Vec<_> = changes.iter().map(|c| c.key.name.to_string()).collect();
+    sorted_names(changes.iter().map(|c| &c.key))
+}
+
+fn service_keys(changes: &[EndpointsChange]) -> Vec<String> {
+    sorted_names(changes.iter().map(|c| &c.key))
+}
+
+fn sorted_names<'a>(keys: impl Iterator<Item = &'a ObjectKey>) -> Vec<String> {
+    let mut k: Vec<_> = keys.map(|k| k.name.to_string()).collect();
     k.sort();
     k
+}
+
+fn at(s: &str) -> Timestamp {
+    s.parse().expect("timestamp")
+}
+
+fn triggered(mut s: EndpointSlice, t: &str) -> Arc<EndpointSlice> {
+    s.trigger_time = Some(at(t));
+    Arc::new(s)
 }
 
 #[test]
@@ -107,7 +125,7 @@ fn endpoints_are_reported_per_service() {
     );
     t.apply(key("db-1"), Some(slice("db-1", "db", &["10.0.1.1"], true)));
     let changes = t.drain();
-    assert_eq!(keys(&changes), ["db", "web"]);
+    assert_eq!(service_keys(&changes), ["db", "web"]);
     let web = changes.iter().find(|c| c.key == key("web")).expect("web");
     assert_eq!(web.current.as_ref().map(|e| e.slices.len()), Some(2));
     assert_eq!(web.previous, None);
@@ -142,7 +160,7 @@ fn bookkeeping_only_rewrites_are_no_change() {
     t.drain();
     let mut rewritten = (*slice("web-1", "web", &["10.0.0.1"], true)).clone();
     rewritten.resource_version = Some("2".into());
-    rewritten.trigger_time = Some("2026-11-23T10:00:00Z".into());
+    rewritten.trigger_time = Some("2026-11-23T10:00:00Z".parse().expect("timestamp"));
     t.apply(key("web-1"), Some(Arc::new(rewritten)));
     assert!(t.drain().is_empty());
 }
@@ -170,7 +188,7 @@ fn a_slice_moving_between_services_touches_both() {
     t.drain();
     t.apply(key("s-1"), Some(slice("s-1", "new", &["10.0.0.1"], true)));
     let changes = t.drain();
-    assert_eq!(keys(&changes), ["new", "old"]);
+    assert_eq!(service_keys(&changes), ["new", "old"]);
     assert!(t.endpoints(&key("old")).is_none());
 }
 
@@ -185,6 +203,59 @@ fn endpoint_resync_removes_slices_missing_from_the_list() {
     t.drain();
     t.resync([slice("web-1", "web", &["10.0.0.1"], true)]);
     let changes = t.drain();
-    assert_eq!(keys(&changes), ["db"]);
+    assert_eq!(service_keys(&changes), ["db"]);
     assert_eq!(changes[0].current, None);
+}
+
+#[test]
+fn endpoint_changes_hand_back_their_trigger_times() {
+    let mut t = EndpointsTracker::since(at("2026-11-23T09:00:00Z"));
+    let web = |ready: bool| (*slice("web-1", "web", &["10.0.0.1"], ready)).clone();
+    // Listed at start-up with a time from before the consumer started: not reported.
+    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T08:00:00Z")));
+    let changes = t.drain();
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].trigger_times.is_empty());
+    // Two updates that change endpoints: both times, in order.
+    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:00Z")));
+    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:01Z")));
+    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:02Z")));
+    let changes = t.drain();
+    assert_eq!(
+        changes[0].trigger_times,
+        [
+            at("2026-11-23T10:00:00Z"),
+            at("2026-11-23T10:00:01Z"),
+            at("2026-11-23T10:00:02Z")
+        ]
+    );
+    // A rewrite that changes no endpoint reports no time; a change that cancels out reports
+    // none either (nothing gets programmed for it).
+    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:03Z")));
+    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:04Z")));
+    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:05Z")));
+    assert!(t.drain().is_empty());
+    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:06Z")));
+    assert_eq!(t.drain()[0].trigger_times, [at("2026-11-23T10:00:06Z")]);
+}
+
+#[test]
+fn stores_resync_and_keep_what_they_hold() {
+    // The informer drives both trackers through `Store`; a re-list through it reports deletions.
+    let mut services: ChangeTracker<ObjectKey, u32> = ChangeTracker::new();
+    Store::apply(&mut services, key("a"), Some(1));
+    Store::apply(&mut services, key("b"), Some(2));
+    services.drain();
+    Store::resync(&mut services, vec![(key("b"), 2), (key("c"), 3)]);
+    assert_eq!(Store::get(&services, &key("c")), Some(3));
+    let mut changed = keys(&services.drain());
+    changed.sort();
+    assert_eq!(changed, ["a", "c"]);
+
+    let mut slices: EndpointsTracker = EndpointsTracker::new();
+    let s = slice("web-1", "web", &["10.0.0.1"], true);
+    Store::apply(&mut slices, key("web-1"), Some(s.clone()));
+    assert!(Store::get(&slices, &key("web-1")).is_some_and(|got| Arc::ptr_eq(&got, &s)));
+    Store::resync(&mut slices, vec![]);
+    assert!(Store::keys(&slices).is_empty());
 }

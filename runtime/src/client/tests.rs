@@ -78,3 +78,25 @@ fn flags_parse_with_defaults_and_overrides() {
     assert_eq!(args.client.kube_api_qps, 5.0);
     assert_eq!(args.client.kube_api_burst, 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_times_out_but_a_watch_does_not() {
+    let layer = RequestTimeoutLayer::new(Duration::from_secs(2)).expect("valid");
+    let svc = layer.layer(tower::service_fn(|_req: http::Request<()>| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, Infallible>("answered")
+    }));
+    let get = http::Request::get("/api/v1/pods?limit=500")
+        .body(())
+        .expect("request");
+    let error = svc.clone().oneshot(get).await.expect_err("times out");
+    assert!(error.is::<TimedOut>(), "{error}");
+    let watch = http::Request::get("/api/v1/pods?watch=true&resourceVersion=1")
+        .body(())
+        .expect("request");
+    assert_eq!(svc.oneshot(watch).await.expect("watch waits"), "answered");
+    assert!(matches!(
+        RequestTimeoutLayer::new(Duration::ZERO),
+        Err(Error::InvalidTimeout)
+    ));
+}

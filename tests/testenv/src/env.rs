@@ -348,8 +348,21 @@ impl TestEnv {
     pub fn write_kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf> {
         let mut kc = self.kubeconfig.clone();
         kc["users"][0]["user"] = json!({ "token": token });
+        self.write_kubeconfig(name, &kc)
+    }
+
+    /// Writes a copy of the admin kubeconfig that reaches the API server through `server`
+    /// (e.g. a [`crate::relay::StallRelay`]) into the environment's directory. The serving
+    /// certificate names 127.0.0.1, so TLS verifies through anything listening there.
+    pub fn write_kubeconfig_via(&self, name: &str, server: SocketAddr) -> Result<PathBuf> {
+        let mut kc = self.kubeconfig.clone();
+        kc["clusters"][0]["cluster"]["server"] = json!(format!("https://{server}"));
+        self.write_kubeconfig(name, &kc)
+    }
+
+    fn write_kubeconfig(&self, name: &str, kubeconfig: &Value) -> Result<PathBuf> {
         let path = self.dir.join(name);
-        std::fs::write(&path, kc.to_string()).map_err(|source| Error::Io {
+        std::fs::write(&path, kubeconfig.to_string()).map_err(|source| Error::Io {
             path: path.clone(),
             source,
         })?;

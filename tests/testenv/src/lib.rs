@@ -15,6 +15,7 @@ mod error;
 pub mod kubelet;
 pub mod manifest;
 mod process;
+pub mod relay;
 pub mod rng;
 
 pub use binaries::{Binaries, ensure_binaries, ensure_binaries_with_controller_manager};
