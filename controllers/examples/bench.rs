@@ -499,6 +499,7 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig.clone(),
         kube_api_qps: 100_000.0,
         kube_api_burst: 100_000,
+        kube_api_timeout: Duration::from_secs(30),
     }
     .client()
     .await?;

@@ -4,5 +4,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let args = svcplane_endpoints::run::Args::parse();
     args.log.init()?;
-    svcplane_endpoints::run::run(args).await
+    Ok(svcplane_endpoints::run::run(args).await?)
 }

@@ -47,7 +47,11 @@ pub struct Args {
     #[arg(long, env = "SVCPLANE_RESYNC_PERIOD", default_value = "5m", value_parser = svcplane_runtime::parse_duration)]
     pub resync_period: Duration,
     /// `endpointslice.kubernetes.io/managed-by` of the slices written for selector Services.
-    #[arg(long, env = "SVCPLANE_SLICE_MANAGER", default_value = "endpointslice.svcplane.dev")]
+    #[arg(
+        long,
+        env = "SVCPLANE_SLICE_MANAGER",
+        default_value = "endpointslice.svcplane.dev"
+    )]
     pub slice_manager: String,
     /// `endpointslice.kubernetes.io/managed-by` of mirrored slices.
     #[arg(

@@ -210,16 +210,17 @@ async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("svcplane_endpoints_"))
+        .filter(|n| n.starts_with("svcplane_endpoints_") || n.starts_with("svcplane_watch_"))
         .map(str::to_owned)
         .collect();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/endpoints.md"))
         .expect("docs/endpoints.md");
     let documented: BTreeSet<String> = doc
         .lines()
-        .filter_map(|l| l.strip_prefix("| `svcplane_endpoints_"))
+        .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
-        .map(|n| format!("svcplane_endpoints_{n}"))
+        .filter(|n| n.starts_with("svcplane_endpoints_") || n.starts_with("svcplane_watch_"))
+        .map(str::to_owned)
         .collect();
     assert!(
         exported.is_subset(&documented),
@@ -230,7 +231,7 @@ async fn a_follower_takes_over_when_the_leader_dies_and_loses_no_write() {
     let missing: Vec<_> = documented.difference(&exported).collect();
     assert_eq!(
         missing,
-        ["svcplane_endpoints_rejected_objects_total"],
+        ["svcplane_watch_rejected_objects_total"],
         "not exported: {missing:?}"
     );
 }

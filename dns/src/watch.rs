@@ -79,8 +79,16 @@ impl State {
             namespaces: ChangeTracker::new(),
             pods: ChangeTracker::new(),
             service_informer: Informer::new("Service", Box::new(convert_service), metrics.clone()),
-            slice_informer: Informer::new("EndpointSlice", Box::new(convert_slice), metrics.clone()),
-            namespace_informer: Informer::new("Namespace", Box::new(|_| Ok(Some(()))), metrics.clone()),
+            slice_informer: Informer::new(
+                "EndpointSlice",
+                Box::new(convert_slice),
+                metrics.clone(),
+            ),
+            namespace_informer: Informer::new(
+                "Namespace",
+                Box::new(|_| Ok(Some(()))),
+                metrics.clone(),
+            ),
             pod_informer: Informer::new("Pod", Box::new(convert_pod), metrics.clone()),
             watch_pods,
         }

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{admin_get, dig, free_dns_port};
+use common::{admin_fetch, admin_get, dig, free_dns_port};
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -292,6 +293,39 @@ async fn answers_follow_the_api() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Every metric exported is listed in docs/dns.md, and every listed one without labels is
+    // exported (labelled ones appear once they have a value).
+    let (_, body) = admin_fetch(dns.admin, "/metrics").await;
+    let exported: BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("svcplane_"))
+        .map(str::to_owned)
+        .collect();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dns.md"))
+        .expect("docs/dns.md");
+    let rows: Vec<(String, bool)> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `svcplane_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('`')?;
+            let labels = rest.split('|').nth(2)?.trim();
+            Some((format!("svcplane_{name}"), !labels.is_empty()))
+        })
+        .collect();
+    let documented: BTreeSet<String> = rows.iter().map(|(n, _)| n.clone()).collect();
+    assert!(
+        exported.is_subset(&documented),
+        "undocumented: {:?}",
+        exported.difference(&documented)
+    );
+    for (name, labelled) in &rows {
+        assert!(*labelled || exported.contains(name), "{name} not exported");
+    }
+    assert!(exported.contains("svcplane_dns_requests_total"));
+    assert!(exported.contains("svcplane_dns_programming_duration_seconds"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,9 +203,12 @@ impl Controller {
             watch(Api::<ApiNode>::all(client.clone()), all())
                 .map(|e| Update::Node(Box::new(e)))
                 .boxed(),
-            watch(Api::<EndpointSlice>::all(client.clone()), all().labels(&managed))
-                .map(|e| Update::Slice(Box::new(e)))
-                .boxed(),
+            watch(
+                Api::<EndpointSlice>::all(client.clone()),
+                all().labels(&managed),
+            )
+            .map(|e| Update::Slice(Box::new(e)))
+            .boxed(),
             watch(Api::<Endpoints>::all(client), all())
                 .map(|e| Update::Endpoints(Box::new(e)))
                 .boxed(),

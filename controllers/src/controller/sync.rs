@@ -156,7 +156,11 @@ impl Controller {
                     let note = format!("Error updating Endpoint Slices for Service {key}: {error}");
                     self.inner
                         .events
-                        .warn(&service_reference(svc), "FailedToUpdateEndpointSlices", note)
+                        .warn(
+                            &service_reference(svc),
+                            "FailedToUpdateEndpointSlices",
+                            note,
+                        )
                         .await;
                 }
                 result
@@ -187,10 +191,11 @@ impl Controller {
                 && !ep.annotations().contains_key(ANNOTATION_LEADER)
             {
                 self.inner.metrics.wrote("delete", "endpoints");
-                writer
-                    .delete_endpoints(key)
-                    .await
-                    .map_err(write_error("delete", "endpoints", key.clone()))?;
+                writer.delete_endpoints(key).await.map_err(write_error(
+                    "delete",
+                    "endpoints",
+                    key.clone(),
+                ))?;
                 self.cache().apply_endpoints(key.clone(), None);
             }
             return Ok(Outcome::Done);
@@ -371,10 +376,11 @@ impl Controller {
         for mut slice in plan.create {
             stamp(&mut slice);
             self.inner.metrics.wrote("create", "endpointslices");
-            let result = writer
-                .create_slice(&slice)
-                .await
-                .map_err(write_error("create", "endpointslices", slice_key(&slice)));
+            let result = writer.create_slice(&slice).await.map_err(write_error(
+                "create",
+                "endpointslices",
+                slice_key(&slice),
+            ));
             match result {
                 Ok(created) => self.wrote_slice(part, key, created),
                 Err(e) if namespace_terminating(&e) => return Ok(Outcome::Done),
@@ -384,10 +390,11 @@ impl Controller {
         for mut slice in plan.update {
             stamp(&mut slice);
             self.inner.metrics.wrote("update", "endpointslices");
-            let updated = writer
-                .replace_slice(&slice)
-                .await
-                .map_err(write_error("update", "endpointslices", slice_key(&slice)))?;
+            let updated = writer.replace_slice(&slice).await.map_err(write_error(
+                "update",
+                "endpointslices",
+                slice_key(&slice),
+            ))?;
             self.wrote_slice(part, key, updated);
         }
         for slice in plan.delete {
@@ -433,7 +440,11 @@ impl Controller {
         match failure {
             Some(reason) => {
                 events
-                    .warn(&service_reference(svc), "TopologyAwareHintsDisabled", reason)
+                    .warn(
+                        &service_reference(svc),
+                        "TopologyAwareHintsDisabled",
+                        reason,
+                    )
                     .await
             }
             None => {

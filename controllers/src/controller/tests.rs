@@ -116,7 +116,10 @@ async fn a_key_interrupted_by_a_lost_lease_is_synced_in_the_next_term() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     leader.send_replace(true);
     // The next term syncs the same key again (a second write begins) ...
-    eventually("the next term's write to start", || f.endpoints.entered() >= 2).await;
+    eventually("the next term's write to start", || {
+        f.endpoints.entered() >= 2
+    })
+    .await;
     gate.add_permits(100);
     // ... and it lands.
     eventually("the Endpoints to be written", || !addresses(&f).is_empty()).await;
@@ -167,10 +170,7 @@ async fn a_second_sync_of_an_unchanged_service_writes_nothing() {
 #[tokio::test]
 async fn a_cache_older_than_our_own_write_is_stale_and_writes_nothing() {
     let f = fixture();
-    f.controller
-        .sync(Part::Slices, &web())
-        .await
-        .expect("sync");
+    f.controller.sync(Part::Slices, &web()).await.expect("sync");
     let written: EndpointSlice = f.slices.slices().pop().expect("a slice");
     // The cache goes back to an older generation of our slice (as a late watch event would
     // before the intake learned to ignore those).
@@ -190,7 +190,8 @@ async fn a_cache_older_than_our_own_write_is_stale_and_writes_nothing() {
 #[tokio::test]
 async fn a_conflict_is_a_named_error_and_the_retry_converges() {
     let f = fixture();
-    f.endpoints.fail_next(409, "Conflict", "the object has been modified");
+    f.endpoints
+        .fail_next(409, "Conflict", "the object has been modified");
     let error = f
         .controller
         .sync(Part::Endpoints, &web())
@@ -199,9 +200,15 @@ async fn a_conflict_is_a_named_error_and_the_retry_converges() {
     assert_eq!(error.reason(), "conflict");
     assert_eq!((error.verb, error.resource), ("create", "endpoints"));
     assert_eq!(error.object, web());
-    assert!(error.to_string().contains("create endpoints ns/web"), "{error}");
+    assert!(
+        error.to_string().contains("create endpoints ns/web"),
+        "{error}"
+    );
     assert_eq!(
-        f.controller.sync(Part::Endpoints, &web()).await.expect("retry"),
+        f.controller
+            .sync(Part::Endpoints, &web())
+            .await
+            .expect("retry"),
         Outcome::Done
     );
     assert_eq!(addresses(&f), ["10.244.0.5"]);
@@ -210,7 +217,8 @@ async fn a_conflict_is_a_named_error_and_the_retry_converges() {
 #[tokio::test]
 async fn a_failed_write_records_a_warning_event() {
     let f = fixture();
-    f.endpoints.fail_next(500, "InternalError", "etcdserver: request timed out");
+    f.endpoints
+        .fail_next(500, "InternalError", "etcdserver: request timed out");
     let error = f
         .controller
         .sync(Part::Endpoints, &web())
@@ -247,7 +255,9 @@ async fn a_deleted_service_takes_its_endpoints_and_slices_along() {
     for part in [Part::Endpoints, Part::Slices] {
         f.controller.sync(part, &web()).await.expect("sync");
     }
-    f.controller.cache().apply_service(web(), None::<Arc<Service>>);
+    f.controller
+        .cache()
+        .apply_service(web(), None::<Arc<Service>>);
     for part in [Part::Endpoints, Part::Slices] {
         f.controller.sync(part, &web()).await.expect("sync");
     }

@@ -29,7 +29,11 @@ struct Term {
 impl Controller {
     /// Runs the controllers' workers while `leader` is true; returns when `shutdown` resolves.
     /// Without leader election `leader` is true from the start and its sender is gone.
-    pub async fn work(&self, mut leader: watch::Receiver<bool>, shutdown: impl Future<Output = ()>) {
+    pub async fn work(
+        &self,
+        mut leader: watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut shutdown = pin!(shutdown);
         let mut synced = self.inner.synced.subscribe();
         tokio::select! {

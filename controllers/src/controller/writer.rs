@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::core::Status;
 use kube::{Client, Resource};
@@ -194,7 +195,12 @@ impl FakeWriter {
     }
 
     /// Records the call; returns the injected failure, if one is due.
-    fn begin(&self, verb: &'static str, resource: &'static str, key: &ObjectKey) -> WriteResult<()> {
+    fn begin(
+        &self,
+        verb: &'static str,
+        resource: &'static str,
+        key: &ObjectKey,
+    ) -> WriteResult<()> {
         let mut s = self.state();
         s.calls.push((verb, resource, key.to_string()));
         if !s.failures.is_empty() {
@@ -214,28 +220,28 @@ impl FakeWriter {
     }
 }
 
-fn key_of<K: Resource>(obj: &K) -> ObjectKey {
-    ObjectKey::new(
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default(),
-    )
-}
-
 /// The API server's side of a write: resource version, generation, uid; 409 on a stale one.
-fn store<K: Resource + Clone>(
+fn store<K>(
     map: &mut HashMap<ObjectKey, K>,
     next: &mut u64,
     obj: &K,
     create: bool,
-) -> WriteResult<K> {
-    let key = key_of(obj);
+) -> WriteResult<K>
+where
+    K: Resource + Clone + k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
+    let key = ObjectKey::of(obj);
     let current = map.get(&key);
     let conflict = match (create, current) {
         (true, Some(_)) => Some(status(409, "AlreadyExists", "already exists")),
         (false, None) => Some(status(404, "NotFound", "not found")),
-        (false, Some(c)) if c.meta().resource_version != obj.meta().resource_version => Some(
-            status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"),
-        ),
+        (false, Some(c)) if c.meta().resource_version != obj.meta().resource_version => {
+            Some(status(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ))
+        }
         _ => None,
     };
     if let Some(s) = conflict {
@@ -263,14 +269,14 @@ fn store<K: Resource + Clone>(
 impl Writer for FakeWriter {
     async fn create_endpoints(&self, ep: &Endpoints) -> WriteResult<Endpoints> {
         self.enter().await;
-        self.begin("create", "endpoints", &key_of(ep))?;
+        self.begin("create", "endpoints", &ObjectKey::of(ep))?;
         let s = &mut *self.state();
         store(&mut s.endpoints, &mut s.next, ep, true)
     }
 
     async fn replace_endpoints(&self, ep: &Endpoints) -> WriteResult<Endpoints> {
         self.enter().await;
-        self.begin("update", "endpoints", &key_of(ep))?;
+        self.begin("update", "endpoints", &ObjectKey::of(ep))?;
         let s = &mut *self.state();
         store(&mut s.endpoints, &mut s.next, ep, false)
     }
@@ -291,14 +297,14 @@ impl Writer for FakeWriter {
             let n = self.state().next + 1;
             slice.metadata.name = Some(format!("{prefix}{n}"));
         }
-        self.begin("create", "endpointslices", &key_of(&slice))?;
+        self.begin("create", "endpointslices", &ObjectKey::of(&slice))?;
         let s = &mut *self.state();
         store(&mut s.slices, &mut s.next, &slice, true)
     }
 
     async fn replace_slice(&self, slice: &EndpointSlice) -> WriteResult<EndpointSlice> {
         self.enter().await;
-        self.begin("update", "endpointslices", &key_of(slice))?;
+        self.begin("update", "endpointslices", &ObjectKey::of(slice))?;
         let s = &mut *self.state();
         store(&mut s.slices, &mut s.next, slice, false)
     }

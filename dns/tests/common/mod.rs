@@ -48,14 +48,25 @@ pub fn free_dns_port() -> SocketAddr {
 
 /// GET on the admin server, status code only.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
+    admin_fetch(addr, path).await.0
+}
+
+/// Status and body of an admin endpoint.
+pub async fn admin_fetch(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin");
     let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.expect("read");
-    raw.split_whitespace()
+    let status = raw
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status")
+        .expect("status");
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

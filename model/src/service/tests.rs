@@ -103,7 +103,36 @@ fn cluster_ip_variants() {
         ),
     ];
     for (svc, want) in cases {
-        assert_eq!(Service::try_from(&svc).expect("valid").cluster_ips, want);
+        let got = Service::try_from(&svc).expect("valid");
+        // One meaning of headless (`None`); "no IP set" is its own answer.
+        assert_eq!(got.is_headless(), want == ClusterIps::Headless);
+        assert_eq!(got.has_cluster_ip(), matches!(want, ClusterIps::Ips(_)));
+        assert_eq!(got.cluster_ips, want);
+    }
+}
+
+#[test]
+fn hint_mode_table() {
+    // (topology-mode annotation, trafficDistribution, mode)
+    let cases = [
+        (None, None, HintMode::None),
+        (None, Some("PreferClose"), HintMode::SameZone),
+        (None, Some("PreferSameZone"), HintMode::SameZone),
+        (None, Some("PreferSameNode"), HintMode::SameNode),
+        (None, Some("SomethingNew"), HintMode::None),
+        (Some("Auto"), None, HintMode::Auto),
+        (Some("auto"), Some("PreferClose"), HintMode::Auto),
+        // The annotation decides alone, even when it turns hints off.
+        (Some("Disabled"), Some("PreferClose"), HintMode::None),
+    ];
+    for (mode, distribution, want) in cases {
+        let svc = Service {
+            topology_mode: mode.map(Into::into),
+            traffic_distribution: distribution.map(Into::into),
+            ..Service::new(ObjectKey::new("ns", "web"), ServiceType::ClusterIp)
+        };
+        assert_eq!(svc.hint_mode(), want, "{mode:?} {distribution:?}");
+        assert_eq!(svc.wants_topology_hints(), want != HintMode::None);
     }
 }
 

@@ -212,14 +212,26 @@ fn endpoint_changes_hand_back_their_trigger_times() {
     let mut t = EndpointsTracker::since(at("2026-11-23T09:00:00Z"));
     let web = |ready: bool| (*slice("web-1", "web", &["10.0.0.1"], ready)).clone();
     // Listed at start-up with a time from before the consumer started: not reported.
-    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T08:00:00Z")));
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(true), "2026-11-23T08:00:00Z")),
+    );
     let changes = t.drain();
     assert_eq!(changes.len(), 1);
     assert!(changes[0].trigger_times.is_empty());
     // Two updates that change endpoints: both times, in order.
-    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:00Z")));
-    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:01Z")));
-    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:02Z")));
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(false), "2026-11-23T10:00:00Z")),
+    );
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(true), "2026-11-23T10:00:01Z")),
+    );
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(false), "2026-11-23T10:00:02Z")),
+    );
     let changes = t.drain();
     assert_eq!(
         changes[0].trigger_times,
@@ -231,11 +243,23 @@ fn endpoint_changes_hand_back_their_trigger_times() {
     );
     // A rewrite that changes no endpoint reports no time; a change that cancels out reports
     // none either (nothing gets programmed for it).
-    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:03Z")));
-    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:04Z")));
-    t.apply(key("web-1"), Some(triggered(web(false), "2026-11-23T10:00:05Z")));
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(false), "2026-11-23T10:00:03Z")),
+    );
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(true), "2026-11-23T10:00:04Z")),
+    );
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(false), "2026-11-23T10:00:05Z")),
+    );
     assert!(t.drain().is_empty());
-    t.apply(key("web-1"), Some(triggered(web(true), "2026-11-23T10:00:06Z")));
+    t.apply(
+        key("web-1"),
+        Some(triggered(web(true), "2026-11-23T10:00:06Z")),
+    );
     assert_eq!(t.drain()[0].trigger_times, [at("2026-11-23T10:00:06Z")]);
 }
 

@@ -20,7 +20,11 @@ struct Args {
     )]
     service_cluster_ip_range: Vec<IpNet>,
     /// Shorthand for --service-cluster-ip-range 10.96.0.0/16,fd00:10:96::/112.
-    #[arg(long, conflicts_with = "service_cluster_ip_range")]
+    #[arg(
+        long,
+        env = "SVCPLANE_DUAL_STACK",
+        conflicts_with = "service_cluster_ip_range"
+    )]
     dual_stack: bool,
     #[command(flatten)]
     log: svcplane_runtime::LogArgs,

@@ -480,6 +480,7 @@ async fn runtime_client_flags_reach_the_api_through_the_rate_limiter() {
         kubeconfig: Some(env.kubeconfig_path().to_owned()),
         kube_api_qps: 50.0,
         kube_api_burst: 5,
+        kube_api_timeout: std::time::Duration::from_secs(30),
     };
     let client = args.client().await.expect("client from --kubeconfig");
     let namespaces: Api<Namespace> = Api::all(client);

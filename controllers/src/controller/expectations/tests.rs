@@ -27,10 +27,10 @@ fn staleness_follows_our_own_writes() {
     e.written(&web(), &slice("a", 3));
     // (cache, stale?)
     let cases: &[(&[EndpointSlice], bool)] = &[
-        (&[], true),                  // our write not seen yet
-        (&[slice("a", 2)], true),     // an older generation
-        (&[slice("a", 3)], false),    // exactly ours
-        (&[slice("a", 4)], false),    // someone wrote after us
+        (&[], true),               // our write not seen yet
+        (&[slice("a", 2)], true),  // an older generation
+        (&[slice("a", 3)], false), // exactly ours
+        (&[slice("a", 4)], false), // someone wrote after us
         (&[slice("a", 3), slice("b", 1)], false),
     ];
     for (cache, stale) in cases {
@@ -54,15 +54,19 @@ fn own_echoes_are_recognised_and_foreign_changes_are_not() {
     let gone = slice("gone", 1);
     let other = slice("x", 1);
     let cases: &[(Option<&EndpointSlice>, Option<&EndpointSlice>, bool)] = &[
-        (Some(&a3), Some(&a2), true),    // our write coming back
-        (Some(&a2), None, true),         // an earlier write of ours, late
-        (Some(&a4), Some(&a3), false),   // someone edited our slice
-        (None, Some(&gone), true),       // our deletion
-        (None, Some(&a3), false),        // someone deleted our slice
-        (Some(&other), None, false),     // unknown slice
+        (Some(&a3), Some(&a2), true),  // our write coming back
+        (Some(&a2), None, true),       // an earlier write of ours, late
+        (Some(&a4), Some(&a3), false), // someone edited our slice
+        (None, Some(&gone), true),     // our deletion
+        (None, Some(&a3), false),      // someone deleted our slice
+        (Some(&other), None, false),   // unknown slice
         (None, None, false),
     ];
     for (now, before, own) in cases {
-        assert_eq!(e.is_own_echo(&web(), *now, *before), *own, "{now:?} {before:?}");
+        assert_eq!(
+            e.is_own_echo(&web(), *now, *before),
+            *own,
+            "{now:?} {before:?}"
+        );
     }
 }

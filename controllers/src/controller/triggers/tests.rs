@@ -20,7 +20,10 @@ fn first_sync_is_the_creation_then_the_earliest_unseen_change() {
         ..service("ns", "web")
     };
     let a = ready_pod("a", "2026-11-23T10:00:05Z");
-    assert_eq!(t.observe(&svc, &[a.clone()]), Some(at("2026-11-23T10:00:00Z")));
+    assert_eq!(
+        t.observe(&svc, &[a.clone()]),
+        Some(at("2026-11-23T10:00:00Z"))
+    );
     // Nothing new: no trigger time.
     assert_eq!(t.observe(&svc, &[a.clone()]), None);
     // Two pods turned ready since: the earlier one.
