@@ -21,16 +21,16 @@ fn first_sync_is_the_creation_then_the_earliest_unseen_change() {
     };
     let a = ready_pod("a", "2026-11-23T10:00:05Z");
     assert_eq!(
-        t.observe(&svc, &[a.clone()]),
+        t.observe(&svc, std::slice::from_ref(&a)),
         Some(at("2026-11-23T10:00:00Z"))
     );
     // Nothing new: no trigger time.
-    assert_eq!(t.observe(&svc, &[a.clone()]), None);
+    assert_eq!(t.observe(&svc, std::slice::from_ref(&a)), None);
     // Two pods turned ready since: the earlier one.
     let b = ready_pod("b", "2026-11-23T10:00:09Z");
     let c = ready_pod("c", "2026-11-23T10:00:07Z");
     assert_eq!(
-        t.observe(&svc, &[a.clone(), b, c]),
+        t.observe(&svc, &[a, b, c]),
         Some(at("2026-11-23T10:00:07Z"))
     );
     // The Service re-created under the same name: its new creation time counts.
