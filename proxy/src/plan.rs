@@ -1,0 +1,256 @@
+//! From Services, their endpoints and this node to what one address family's ruleset holds:
+//! which destinations are dispatched to which endpoints, which are rejected or dropped, which
+//! connections are masqueraded. Pure; [`crate::render`] turns a [`Plan`] into nftables text.
+//!
+//! Behaviour per kube-proxy's nftables mode (`docs/upstream/kube-proxy-nftables.md`); the layout
+//! is svcplane's own: no chain per Service, but sets and maps keyed by (address, protocol, port)
+//! and one dispatch rule per endpoint count, because per-chain cost dominates a large load
+//! (`shared/notes/nftables-layout-figures.md`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use svcplane_model::tracker::ServiceEndpoints;
+use svcplane_model::{AddressType, ObjectKey, Protocol, Service, ServiceType, TrafficPolicy};
+
+use crate::topology::{NodeFacts, backends, categorize};
+
+/// Label that hands a Service to another proxy (upstream's `service.kubernetes.io/service-proxy-name`).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Where NodePorts listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The node's primary address of each family (upstream's default for nftables mode).
+    Primary,
+    /// Node addresses inside these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
+/// What the rules depend on besides Services and endpoints.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeFacts,
+    /// The node's addresses (InternalIP first), for NodePorts.
+    pub node_ips: Vec<IpAddr>,
+    pub nodeport_addresses: NodePortAddresses,
+    /// Pod CIDRs of the cluster: traffic from elsewhere to a ClusterIP is masqueraded.
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    /// Bit of the packet mark that asks for masquerading.
+    pub masquerade_bit: u8,
+    /// From ServiceCIDR objects: addresses inside them that no Service holds are dropped.
+    pub service_cidrs: Vec<IpNet>,
+}
+
+impl Config {
+    pub fn mark(&self) -> u32 {
+        1u32 << self.masquerade_bit.min(31)
+    }
+}
+
+/// A destination: address, protocol, port.
+pub type Vip = (IpAddr, Protocol, u16);
+/// A NodePort: protocol, port.
+pub type NodePort = (Protocol, u16);
+/// An endpoint: address, port.
+pub type Target = (IpAddr, u16);
+
+/// What happens to new connections to a destination without usable endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refuse {
+    /// ICMP port unreachable: no endpoint anywhere.
+    Reject,
+    /// Silently: endpoints exist, but none this traffic policy may use.
+    Drop,
+}
+
+/// One family's ruleset content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub family: Option<AddressType>,
+    /// Every ClusterIP served.
+    pub cluster_ips: BTreeSet<IpAddr>,
+    /// ClusterIP destinations with endpoints, by endpoint count.
+    pub cluster: BTreeMap<Vip, Vec<Target>>,
+    /// External IPs and LoadBalancer IPs (masqueraded).
+    pub external: BTreeMap<Vip, Vec<Target>>,
+    /// NodePorts (masqueraded).
+    pub nodeports: BTreeMap<NodePort, Vec<Target>>,
+    /// Destinations without usable endpoints, with the Service port they belong to.
+    pub refused: BTreeMap<Vip, (Refuse, String)>,
+    pub refused_nodeports: BTreeMap<NodePort, (Refuse, String)>,
+    /// `None`: NodePorts on every local address but loopback.
+    pub nodeport_ips: Option<BTreeSet<IpAddr>>,
+    /// Endpoint . endpoint . protocol . port: a pod reaching itself through a Service is
+    /// masqueraded (hairpin).
+    pub hairpin: BTreeSet<(IpAddr, Protocol, u16)>,
+    pub service_cidrs: Vec<IpNet>,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    pub mark: u32,
+}
+
+/// Whether this proxy serves `svc` at all: not handed to another proxy, and with a virtual IP.
+pub fn proxied(svc: &Service) -> bool {
+    !svc.labels
+        .iter()
+        .any(|(k, _)| k == LABEL_SERVICE_PROXY_NAME)
+        && svc.type_ != ServiceType::ExternalName
+        && svc.has_cluster_ip()
+}
+
+fn of_family(ip: &IpAddr, family: AddressType) -> bool {
+    AddressType::of(ip) == family
+}
+
+/// Builds one family's plan.
+pub fn plan<'a>(
+    family: AddressType,
+    services: impl IntoIterator<Item = (&'a ObjectKey, &'a Arc<Service>)>,
+    endpoints: impl Fn(&ObjectKey) -> Option<&'a ServiceEndpoints>,
+    config: &Config,
+) -> Plan {
+    let mut p = Plan {
+        family: Some(family),
+        service_cidrs: config
+            .service_cidrs
+            .iter()
+            .filter(|c| of_family(&c.addr(), family))
+            .copied()
+            .collect(),
+        cluster_cidrs: config
+            .cluster_cidrs
+            .iter()
+            .filter(|c| of_family(&c.addr(), family))
+            .copied()
+            .collect(),
+        masquerade_all: config.masquerade_all,
+        mark: config.mark(),
+        nodeport_ips: nodeport_ips(family, config),
+        ..Plan::default()
+    };
+    for (key, svc) in services {
+        if !proxied(svc) {
+            continue;
+        }
+        let Some(cluster_ip) = svc
+            .cluster_ips()
+            .iter()
+            .copied()
+            .find(|ip| of_family(ip, family))
+        else {
+            continue;
+        };
+        p.cluster_ips.insert(cluster_ip);
+        let slices = endpoints(key);
+        let externals: Vec<IpAddr> = svc
+            .external_ips
+            .iter()
+            .chain(&svc.load_balancer_ips)
+            .copied()
+            .filter(|ip| of_family(ip, family))
+            .collect();
+        for port in &svc.ports {
+            let name = if port.name.is_empty() {
+                format!("{key}")
+            } else {
+                format!("{key}:{}", port.name)
+            };
+            let found = backends(
+                slices
+                    .into_iter()
+                    .flat_map(|e| e.slices.iter().map(|s| &**s)),
+                family,
+                &port.name,
+                port.protocol,
+                &config.node,
+            );
+            let usable = categorize(&found, &config.node);
+            let refuse = if usable.any {
+                Refuse::Drop
+            } else {
+                Refuse::Reject
+            };
+            for (ip, target_port) in usable.cluster.iter().chain(&usable.local) {
+                p.hairpin.insert((*ip, port.protocol, *target_port));
+            }
+            let internal = match svc.internal_traffic_policy {
+                TrafficPolicy::Local => &usable.local,
+                TrafficPolicy::Cluster => &usable.cluster,
+            };
+            let vip = (cluster_ip, port.protocol, port.port);
+            if internal.is_empty() {
+                p.refused.insert(vip, (refuse, name.clone()));
+            } else {
+                p.cluster.insert(vip, internal.clone());
+            }
+            // External traffic under externalTrafficPolicy Cluster; Local is not built yet
+            // (docs/proxy.md): such Services get no external rules and are refused.
+            let external = match svc.external_traffic_policy {
+                TrafficPolicy::Cluster => Some(&usable.cluster),
+                TrafficPolicy::Local => None,
+            };
+            for ip in &externals {
+                let vip = (*ip, port.protocol, port.port);
+                match external.filter(|l| !l.is_empty()) {
+                    Some(list) => {
+                        p.external.insert(vip, list.clone());
+                    }
+                    None => {
+                        p.refused.insert(vip, (refuse, name.clone()));
+                    }
+                }
+            }
+            let wants_node_port =
+                matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
+            if let Some(np) = port.node_port.filter(|_| wants_node_port) {
+                let key = (port.protocol, np);
+                match external.filter(|l| !l.is_empty()) {
+                    Some(list) => {
+                        p.nodeports.insert(key, list.clone());
+                    }
+                    None => {
+                        p.refused_nodeports.insert(key, (refuse, name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// The addresses NodePorts answer on, or `None` for every local non-loopback address.
+fn nodeport_ips(family: AddressType, config: &Config) -> Option<BTreeSet<IpAddr>> {
+    let mine = config
+        .node_ips
+        .iter()
+        .copied()
+        .filter(|ip| of_family(ip, family) && !ip.is_loopback());
+    let ips: BTreeSet<IpAddr> = match &config.nodeport_addresses {
+        NodePortAddresses::Primary => mine.take(1).collect(),
+        NodePortAddresses::Cidrs(cidrs) => {
+            let family_cidrs: Vec<&IpNet> = cidrs
+                .iter()
+                .filter(|c| of_family(&c.addr(), family))
+                .collect();
+            // A CIDR that covers every address of the family means "all of them".
+            if family_cidrs.iter().any(|c| c.prefix_len() == 0) {
+                return None;
+            }
+            config
+                .node_ips
+                .iter()
+                .copied()
+                .filter(|ip| family_cidrs.iter().any(|c| c.contains(ip)))
+                .collect()
+        }
+    };
+    // Upstream: a family with no usable node address falls back to every local address.
+    if ips.is_empty() { None } else { Some(ips) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
