@@ -42,12 +42,24 @@ pub trait Nft: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct NftCli {
     binary: PathBuf,
+    /// Arguments before nft's own: with `ip` as the binary, `netns exec <ns> nft` runs it in a
+    /// network namespace (tests).
+    leading: Vec<String>,
 }
 
 impl NftCli {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
+            leading: Vec::new(),
+        }
+    }
+
+    /// `nft` inside network namespace `ns` (through `ip netns exec`).
+    pub fn in_netns(ns: &str) -> Self {
+        Self {
+            binary: "ip".into(),
+            leading: vec!["netns".into(), "exec".into(), ns.into(), "nft".into()],
         }
     }
 
@@ -57,6 +69,7 @@ impl NftCli {
             source,
         };
         let mut child = Command::new(&self.binary)
+            .args(&self.leading)
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
