@@ -16,6 +16,7 @@ mod key;
 mod labels;
 mod pod;
 mod service;
+mod service_cidr;
 pub mod tracker;
 
 pub use endpoints::{AddressType, Conditions, Endpoint, EndpointPort, EndpointSlice, Hints};
@@ -27,6 +28,7 @@ pub use service::{
     ClusterIps, HintMode, IpFamily, IpFamilyPolicy, Protocol, Service, ServicePort, ServiceType,
     SessionAffinity, TargetPort, TrafficPolicy,
 };
+pub use service_cidr::ServiceCidr;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";

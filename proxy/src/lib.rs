@@ -9,7 +9,10 @@
 //!
 //! This crate must never leave a half-programmed node: every change is one atomic transaction.
 
+pub mod metrics;
 pub mod nft;
 pub mod plan;
 pub mod render;
+pub mod run;
+pub mod state;
 pub mod topology;

@@ -1,0 +1,89 @@
+//! What svcplane-proxy reports on `/metrics`; `docs/proxy.md` lists every metric.
+
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, exponential_buckets,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    sync_duration: HistogramVec,
+    sync_failures: IntCounter,
+    programming: Histogram,
+    pending: IntGauge,
+    last_sync: IntGauge,
+    services: IntGauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Metrics {
+            sync_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "svcplane_proxy_sync_duration_seconds",
+                    "Time to render and apply one sync, per kind (full).",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 16)?),
+                &["kind"],
+            )?,
+            sync_failures: IntCounter::new(
+                "svcplane_proxy_sync_failures_total",
+                "Syncs whose transaction nft rejected; the previous rules stayed in place.",
+            )?,
+            programming: Histogram::with_opts(
+                HistogramOpts::new(
+                    "svcplane_proxy_network_programming_duration_seconds",
+                    "From an EndpointSlice's last-change-trigger-time to the rules carrying it.",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 20)?),
+            )?,
+            pending: IntGauge::new(
+                "svcplane_proxy_pending_changes",
+                "Service and endpoint changes received but not yet in the rules.",
+            )?,
+            last_sync: IntGauge::new(
+                "svcplane_proxy_last_sync_timestamp_seconds",
+                "Unix time of the last successful sync.",
+            )?,
+            services: IntGauge::new(
+                "svcplane_proxy_services",
+                "Services known to the proxy (proxied or not).",
+            )?,
+        };
+        registry.register(Box::new(m.sync_duration.clone()))?;
+        registry.register(Box::new(m.sync_failures.clone()))?;
+        registry.register(Box::new(m.programming.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        registry.register(Box::new(m.last_sync.clone()))?;
+        registry.register(Box::new(m.services.clone()))?;
+        Ok(m)
+    }
+
+    pub fn synced(&self, kind: &str, took: Duration) {
+        self.sync_duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_sync.set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    pub fn failed(&self) {
+        self.sync_failures.inc();
+    }
+
+    pub fn programmed(&self, took: Duration) {
+        self.programming.observe(took.as_secs_f64());
+    }
+
+    pub fn pending(&self, n: usize) {
+        self.pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn services(&self, n: usize) {
+        self.services.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}

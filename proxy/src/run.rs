@@ -1,0 +1,283 @@
+//! The `svcplane-proxy` process: flags, watches, the sync loop, lifecycle.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node as ApiNode, Service as ApiService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as ApiSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use svcplane_model::{AddressType, EndpointSlice, Node, Service, ServiceCidr};
+use svcplane_runtime::{
+    AdminArgs, AdminServer, ClientArgs, Health, Informer, LogArgs, WatchMetrics, watch,
+};
+
+use crate::metrics::Metrics;
+use crate::nft::{Nft, NftCli};
+use crate::plan::{LABEL_SERVICE_PROXY_NAME, NodePortAddresses};
+use crate::render;
+use crate::state::{Settings, State};
+
+/// Why the proxy could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no node name: pass --hostname-override or set NODE_NAME")]
+    NoNodeName,
+    #[error("--nodeport-addresses takes CIDRs or `primary`, got {0:?}")]
+    NodePortAddresses(String),
+    #[error("--masquerade-bit must be 0..=31, got {0}")]
+    MasqueradeBit(u8),
+    #[error(transparent)]
+    Nft(#[from] crate::nft::Error),
+    #[error(transparent)]
+    Runtime(#[from] svcplane_runtime::Error),
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    #[error("reading the admin server's address")]
+    AdminAddr(#[source] std::io::Error),
+}
+
+/// svcplane-proxy: programs this node's nftables so Service addresses carry traffic.
+#[derive(Debug, clap::Parser)]
+#[command(name = "svcplane-proxy", version, about)]
+pub struct Args {
+    /// This node's name (default: $NODE_NAME, then the host name).
+    #[arg(long, env = "SVCPLANE_HOSTNAME_OVERRIDE")]
+    pub hostname_override: Option<String>,
+    /// Where NodePorts answer: `primary` (the node's primary address per family) or CIDRs.
+    #[arg(
+        long,
+        env = "SVCPLANE_NODEPORT_ADDRESSES",
+        value_delimiter = ',',
+        default_value = "primary"
+    )]
+    pub nodeport_addresses: Vec<String>,
+    /// Pod CIDRs of the cluster: traffic to ClusterIPs from elsewhere is masqueraded.
+    #[arg(long, env = "SVCPLANE_CLUSTER_CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNet>,
+    /// Masquerade all traffic to Service addresses.
+    #[arg(long, env = "SVCPLANE_MASQUERADE_ALL", default_value_t = false)]
+    pub masquerade_all: bool,
+    /// Bit of the packet mark that asks for masquerading (0-31).
+    #[arg(long, env = "SVCPLANE_MASQUERADE_BIT", default_value_t = 14)]
+    pub masquerade_bit: u8,
+    /// Least time between two syncs: changes arriving meanwhile are batched.
+    #[arg(long, env = "SVCPLANE_MIN_SYNC_PERIOD", default_value = "1s", value_parser = svcplane_runtime::parse_duration)]
+    pub min_sync_period: Duration,
+    /// A failed sync is retried after this long.
+    #[arg(long, env = "SVCPLANE_SYNC_PERIOD", default_value = "30s", value_parser = svcplane_runtime::parse_duration)]
+    pub sync_period: Duration,
+    /// Remove everything svcplane-proxy created on this node, then exit.
+    #[arg(long, env = "SVCPLANE_CLEANUP", default_value_t = false)]
+    pub cleanup: bool,
+    /// The nft binary.
+    #[arg(long, env = "SVCPLANE_NFT_BINARY", default_value = "nft")]
+    pub nft_binary: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+impl Args {
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let node_name = self
+            .hostname_override
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|n| n.trim().to_lowercase())
+            .filter(|n| !n.is_empty())
+            .ok_or(Error::NoNodeName)?;
+        let nodeport_addresses = match self.nodeport_addresses.as_slice() {
+            [one] if one == "primary" => NodePortAddresses::Primary,
+            many => NodePortAddresses::Cidrs(
+                many.iter()
+                    .map(|c| c.parse().map_err(|_| Error::NodePortAddresses(c.clone())))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        if self.masquerade_bit > 31 {
+            return Err(Error::MasqueradeBit(self.masquerade_bit));
+        }
+        Ok(Settings {
+            node_name,
+            nodeport_addresses,
+            cluster_cidrs: self.cluster_cidr.clone(),
+            masquerade_all: self.masquerade_all,
+            masquerade_bit: self.masquerade_bit,
+        })
+    }
+}
+
+enum Update {
+    Service(Box<Event<ApiService>>),
+    Slice(Box<Event<ApiSlice>>),
+    Node(Box<Event<ApiNode>>),
+    Cidr(Box<Event<ServiceCIDR>>),
+}
+
+fn cleanup_transaction() -> String {
+    let mut text = String::new();
+    for family in [AddressType::V4, AddressType::V6] {
+        render::delete_table(family, &mut text);
+    }
+    text
+}
+
+/// Runs until SIGTERM/SIGINT (or, with --cleanup, removes the rules and returns).
+pub async fn run(args: Args) -> Result<(), Error> {
+    let nft = NftCli::new(&args.nft_binary);
+    let version = nft.check_version()?;
+    if args.cleanup {
+        nft.apply(&cleanup_transaction())?;
+        tracing::info!("removed svcplane-proxy's tables");
+        return Ok(());
+    }
+    let settings = args.settings()?;
+    let node_name = settings.node_name.clone();
+    let client = args.client.client().await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let watch_metrics = WatchMetrics::register(&registry)?;
+    let health = Health::new();
+    let admin = AdminServer::bind(args.admin.admin_addr).await?;
+    let admin_addr = admin.local_addr().map_err(Error::AdminAddr)?;
+    tracing::info!(node = %node_name, nft = %version, admin = %admin_addr, "starting");
+
+    let mut state = State::new(settings, Box::new(nft), metrics.clone());
+    let mut services: Informer<ApiService, Arc<Service>> = Informer::new(
+        "Service",
+        Box::new(|obj: &ApiService| {
+            // Services handed to another proxy are not ours (upstream filters them at the watch).
+            let other = obj
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
+            if other {
+                return Ok(None);
+            }
+            Service::try_from(obj).map(|s| Some(Arc::new(s)))
+        }),
+        watch_metrics.clone(),
+    );
+    let mut slices: Informer<ApiSlice, Arc<EndpointSlice>> = Informer::new(
+        "EndpointSlice",
+        Box::new(|obj: &ApiSlice| match EndpointSlice::try_from(obj) {
+            Ok(s) => Ok(Some(Arc::new(s))),
+            Err(e) if e.reason() == "unsupported_address_type" => Ok(None),
+            Err(e) => Err(e),
+        }),
+        watch_metrics.clone(),
+    );
+    let mut nodes: Informer<ApiNode, Arc<Node>> = Informer::new(
+        "Node",
+        Box::new(|obj: &ApiNode| Node::try_from(obj).map(|n| Some(Arc::new(n)))),
+        watch_metrics.clone(),
+    );
+    let mut cidrs: Informer<ServiceCIDR, Arc<ServiceCidr>> = Informer::new(
+        "ServiceCIDR",
+        Box::new(|obj: &ServiceCIDR| ServiceCidr::try_from(obj).map(|c| Some(Arc::new(c)))),
+        watch_metrics,
+    );
+    let node_field = format!("metadata.name={node_name}");
+    let streams = vec![
+        watch(
+            Api::<ApiService>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .map(|e| Update::Service(Box::new(e)))
+        .boxed(),
+        watch(
+            Api::<ApiSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .map(|e| Update::Slice(Box::new(e)))
+        .boxed(),
+        watch(
+            Api::<ApiNode>::all(client.clone()),
+            watcher::Config::default().fields(&node_field),
+        )
+        .map(|e| Update::Node(Box::new(e)))
+        .boxed(),
+        watch(Api::<ServiceCIDR>::all(client), watcher::Config::default())
+            .map(|e| Update::Cidr(Box::new(e)))
+            .boxed(),
+    ];
+    let mut updates = pin!(stream::select_all(streams).ready_chunks(1024));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(admin.serve(registry, health.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+    let signal = tokio::spawn(async move {
+        svcplane_runtime::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    // The first sync waits for every watch to list: rules from a half-listed cache would
+    // refuse Services that exist. Until then the previous process's rules keep working.
+    let mut synced = false;
+    let mut last_sync: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let wait = match (synced, state.pending() > 0 || retry_at.is_some()) {
+            (true, true) => {
+                let earliest = last_sync.map_or_else(Instant::now, |t| t + args.min_sync_period);
+                let at = retry_at.map_or(earliest, |r| r.max(earliest));
+                at.saturating_duration_since(Instant::now())
+            }
+            _ => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => break,
+            batch = updates.next() => {
+                let Some(batch) = batch else { break };
+                for update in batch {
+                    match update {
+                        Update::Service(e) => drop(services.handle(*e, &mut state.services)),
+                        Update::Slice(e) => drop(slices.handle(*e, &mut state.slices)),
+                        Update::Node(e) => drop(nodes.handle(*e, &mut state.nodes)),
+                        Update::Cidr(e) => drop(cidrs.handle(*e, &mut state.service_cidrs)),
+                    }
+                }
+                metrics.pending(state.pending());
+                if !synced && services.is_synced() && slices.is_synced() && nodes.is_synced() && cidrs.is_synced() {
+                    tracing::info!("caches synced");
+                    synced = true;
+                }
+            }
+            _ = tokio::time::sleep(wait), if synced && (state.pending() > 0 || retry_at.is_some()) => {
+                let started = Instant::now();
+                match state.sync() {
+                    Ok(()) => {
+                        if last_sync.is_none() {
+                            tracing::info!(took = ?started.elapsed(), "first full sync applied");
+                            health.set_ready(true);
+                        }
+                        retry_at = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, reason = error.reason(), retry_in = ?args.sync_period, "sync failed; the previous rules stay in place");
+                        retry_at = Some(Instant::now() + args.sync_period);
+                    }
+                }
+                last_sync = Some(Instant::now());
+            }
+        }
+    }
+    tracing::info!("stopping; the rules stay in place for the next start");
+    health.set_live(false);
+    signal.abort();
+    admin_task.abort();
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! What the proxy knows (Services, endpoints, this Node, ServiceCIDRs) and the sync that turns
+//! it into rules. The watches fill the trackers; [`State::sync`] renders both families and
+//! applies them as one transaction, so IPv4 and IPv6 rules change together or not at all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use k8s_openapi::jiff::Timestamp;
+use svcplane_model::tracker::{ChangeTracker, EndpointsTracker, ServiceEndpoints};
+use svcplane_model::{AddressType, EndpointSlice, Node, ObjectKey, Service, ServiceCidr};
+
+use crate::metrics::Metrics;
+use crate::nft::{self, Nft};
+use crate::plan::{self, Config};
+use crate::render;
+use crate::topology::NodeFacts;
+
+/// Flags that shape the rules; the rest of [`Config`] comes from the API.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub nodeport_addresses: plan::NodePortAddresses,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub masquerade_all: bool,
+    pub masquerade_bit: u8,
+}
+
+pub struct State {
+    pub settings: Settings,
+    pub services: ChangeTracker<ObjectKey, Arc<Service>>,
+    pub slices: EndpointsTracker<EndpointSlice>,
+    pub nodes: ChangeTracker<ObjectKey, Arc<Node>>,
+    pub service_cidrs: ChangeTracker<ObjectKey, Arc<ServiceCidr>>,
+    /// Per Service, its endpoints as last applied (the trackers' drains feed it).
+    endpoints: HashMap<ObjectKey, ServiceEndpoints>,
+    /// Trigger times of endpoint changes not yet in the rules.
+    triggers: Vec<Timestamp>,
+    nft: Box<dyn Nft>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub fn new(settings: Settings, nft: Box<dyn Nft>, metrics: Metrics) -> Self {
+        Self {
+            settings,
+            services: ChangeTracker::new(),
+            // Trigger times from before this process started are not its programming latency.
+            slices: EndpointsTracker::since(Timestamp::now()),
+            nodes: ChangeTracker::new(),
+            service_cidrs: ChangeTracker::new(),
+            endpoints: HashMap::new(),
+            triggers: Vec::new(),
+            nft,
+            metrics,
+        }
+    }
+
+    /// Changes received since the last sync.
+    pub fn pending(&self) -> usize {
+        self.services.pending()
+            + self.slices.pending()
+            + self.nodes.pending()
+            + self.service_cidrs.pending()
+    }
+
+    fn config(&self) -> Config {
+        let node = self
+            .nodes
+            .get(&ObjectKey::new("", self.settings.node_name.as_str()));
+        Config {
+            node: NodeFacts {
+                name: self.settings.node_name.clone(),
+                zone: node.and_then(|n| n.zone.as_deref().map(str::to_owned)),
+            },
+            node_ips: node.map(|n| n.addresses.clone()).unwrap_or_default(),
+            nodeport_addresses: self.settings.nodeport_addresses.clone(),
+            cluster_cidrs: self.settings.cluster_cidrs.clone(),
+            masquerade_all: self.settings.masquerade_all,
+            masquerade_bit: self.settings.masquerade_bit,
+            service_cidrs: self
+                .service_cidrs
+                .iter()
+                .flat_map(|(_, c)| c.cidrs.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// Takes what changed into the state the rules are rendered from.
+    fn take_changes(&mut self) {
+        self.services.drain();
+        self.nodes.drain();
+        self.service_cidrs.drain();
+        for change in self.slices.drain() {
+            self.triggers.extend(change.trigger_times);
+            match change.current {
+                Some(eps) => self.endpoints.insert(change.key, eps),
+                None => self.endpoints.remove(&change.key),
+            };
+        }
+    }
+
+    /// The transaction that makes the rules match the state: both families' tables, replaced.
+    pub fn transaction(&mut self) -> String {
+        self.take_changes();
+        let config = self.config();
+        let mut text = String::new();
+        for family in [AddressType::V4, AddressType::V6] {
+            let p = plan::plan(
+                family,
+                self.services.iter(),
+                |k| self.endpoints.get(k),
+                &config,
+            );
+            render::full(&p, &mut text);
+        }
+        text
+    }
+
+    /// Renders and applies everything. On failure the previous rules stay in place and the
+    /// next sync tries again with the whole state.
+    pub fn sync(&mut self) -> Result<(), nft::Error> {
+        let started = Instant::now();
+        let text = self.transaction();
+        self.metrics.services(self.services.len());
+        match self.nft.apply(&text) {
+            Ok(()) => {
+                self.metrics.synced("full", started.elapsed());
+                let now = Timestamp::now();
+                for t in self.triggers.drain(..) {
+                    if let Ok(took) = std::time::Duration::try_from(now.duration_since(t)) {
+                        self.metrics.programmed(took);
+                    }
+                }
+                self.metrics.pending(0);
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.failed();
+                Err(error)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
