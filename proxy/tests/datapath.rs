@@ -4,284 +4,23 @@
 //! also when the test fails. Needs root, `ip` and `nft`; without them the test says why and
 //! fails (CI runs as root).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
+
+use common::Lab;
 
 use svcplane_model::tracker::ServiceEndpoints;
 use svcplane_model::{
     AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, ObjectKey,
     Protocol, Service, ServicePort, ServiceType, TargetPort,
 };
-use svcplane_proxy::nft::{Nft, NftCli};
+use svcplane_proxy::nft::Nft;
 use svcplane_proxy::plan::{Config, NodePortAddresses, plan};
 use svcplane_proxy::render;
 use svcplane_proxy::topology::NodeFacts;
-
-/// Namespaces and processes of one test; removed on drop.
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    servers: Vec<std::process::Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A TCP and UDP server on `port` that answers every connection or datagram with `name`.
-const SERVER: &str = r#"
-import socket, sys, threading
-name, port = sys.argv[1].encode(), int(sys.argv[2])
-def tcp():
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
-    while True:
-        c, a = s.accept(); c.sendall(name + b" " + a[0].encode()); c.close()
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    while True:
-        d, a = s.recvfrom(100); s.sendto(name + b" " + a[0].encode(), a)
-threading.Thread(target=udp, daemon=True).start()
-tcp()
-"#;
-
-/// Sends `count` requests to ip:port (tcp or udp) and prints one line per request: the answer,
-/// or `refused` / `timeout`.
-const CLIENT: &str = r#"
-import socket, sys
-proto, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(count):
-    try:
-        if proto == "tcp":
-            s = socket.create_connection((ip, port), timeout=1); print(s.recv(100).decode()); s.close()
-        else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
-            s.connect((ip, port)); s.send(b"?"); print(s.recv(100).decode()); s.close()
-    except ConnectionRefusedError:
-        print("refused")
-    except OSError as e:
-        print("timeout" if isinstance(e, TimeoutError) or "timed out" in str(e) else "error " + str(e))
-"#;
-
-impl Lab {
-    /// node (10.244.0.1 on each pod link) with pod namespaces `pod-a` (10.244.1.5),
-    /// `pod-b` (10.244.2.5) serving on 8080, and `client` (10.244.3.5).
-    fn new() -> Lab {
-        let prefix = format!("svp{}", std::process::id());
-        let mut lab = Lab {
-            prefix: prefix.clone(),
-            namespaces: Vec::new(),
-            servers: Vec::new(),
-        };
-        let node = lab.ns("node");
-        sh(&["ip", "netns", "add", &node]);
-        lab.namespaces.push(node.clone());
-        sh(&["ip", "-n", &node, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        // Rejects are ICMP errors, which the kernel rate-limits per destination; a test sends
-        // them faster than a client normally would.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.icmp_ratelimit=0",
-        ]);
-        // An "external" host on the node's uplink (TEST-NET-1, inside these namespaces only) and
-        // a default route to it, as every node has one: traffic the rules do not take is
-        // routed, not refused by routing.
-        let ext = lab.ns("ext");
-        sh(&["ip", "netns", "add", &ext]);
-        lab.namespaces.push(ext.clone());
-        sh(&[
-            "ip", "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "eth0",
-            "netns", &ext,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "addr",
-            "add",
-            "192.0.2.10/24",
-            "dev",
-            "uplink",
-        ]);
-        sh(&["ip", "-n", &node, "link", "set", "uplink", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ext,
-            "addr",
-            "add",
-            "192.0.2.1/24",
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &ext, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.0.2.1",
-        ]);
-        for (i, pod) in ["pod-a", "pod-b", "client"].iter().enumerate() {
-            let ns = lab.ns(pod);
-            sh(&["ip", "netns", "add", &ns]);
-            lab.namespaces.push(ns.clone());
-            let host_if = format!("veth{i}");
-            sh(&[
-                "ip", "-n", &node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ]);
-            let subnet = i + 1;
-            sh(&[
-                "ip",
-                "-n",
-                &node,
-                "addr",
-                "add",
-                &format!("10.244.{subnet}.1/24"),
-                "dev",
-                &host_if,
-            ]);
-            sh(&["ip", "-n", &node, "link", "set", &host_if, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("10.244.{subnet}.5/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.244.{subnet}.1"),
-            ]);
-        }
-        for pod in ["pod-a", "pod-b"] {
-            let child = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.ns(pod),
-                    "python3",
-                    "-c",
-                    SERVER,
-                    pod,
-                    "8080",
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start server");
-            lab.servers.push(child);
-        }
-        lab
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
-    fn nft(&self) -> NftCli {
-        NftCli::in_netns(&self.ns("node"))
-    }
-
-    /// Answers from `count` requests from the client pod, tallied.
-    fn ask(&self, proto: &str, ip: &str, port: u16, count: u32) -> BTreeMap<String, u32> {
-        self.ask_from("client", proto, ip, port, count)
-    }
-
-    /// The same from namespace `from` (`client`, or `ext` outside the node).
-    fn ask_from(
-        &self,
-        from: &str,
-        proto: &str,
-        ip: &str,
-        port: u16,
-        count: u32,
-    ) -> BTreeMap<String, u32> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(from),
-                "python3",
-                "-c",
-                CLIENT,
-                proto,
-                ip,
-            ])
-            .arg(port.to_string())
-            .arg(count.to_string())
-            .output()
-            .expect("client");
-        let mut tally = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            *tally.entry(line.to_owned()).or_insert(0) += 1;
-        }
-        tally
-    }
-
-    /// Waits until both servers answer directly.
-    fn wait_for_servers(&self) {
-        for _ in 0..50 {
-            let a = self.ask("tcp", "10.244.1.5", 8080, 1);
-            let b = self.ask("tcp", "10.244.2.5", 8080, 1);
-            if a.keys().any(|k| k.starts_with("pod-a")) && b.keys().any(|k| k.starts_with("pod-b"))
-            {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("pod servers never answered");
-    }
-}
 
 /// A Service with ports http (TCP 80) and dns (UDP 53) to 8080; with `node_port`, a NodePort
 /// Service whose http port is also `node_port`.
@@ -370,26 +109,9 @@ fn transaction(
     text
 }
 
-fn can_make_namespaces() -> Result<(), String> {
-    let probe = format!("svp-probe-{}", std::process::id());
-    let made = Command::new("ip").args(["netns", "add", &probe]).output();
-    match made {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-            Command::new("nft")
-                .arg("--version")
-                .output()
-                .map(drop)
-                .map_err(|e| format!("nft: {e}"))
-        }
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        Err(e) => Err(format!("ip: {e}")),
-    }
-}
-
 #[test]
 fn cluster_ips_carry_packets_and_refuse_what_they_should() {
-    if let Err(why) = can_make_namespaces() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
         panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
     }
     let lab = Lab::new();

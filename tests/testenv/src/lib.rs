@@ -14,6 +14,7 @@ mod env;
 mod error;
 pub mod kubelet;
 pub mod manifest;
+pub mod netns;
 mod process;
 pub mod relay;
 pub mod rng;

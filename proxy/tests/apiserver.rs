@@ -1,0 +1,198 @@
+//! svcplane-proxy as it runs on a node: the binary in the node namespace of a test lab, fed by
+//! the real kube-apiserver (reached through a unix-socket relay, no IP route out of the
+//! namespace), and checked with real traffic from a pod namespace.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Lab;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use svcplane_testenv::netns::ApiRelay;
+use svcplane_testenv::{TestEnv, kubelet};
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slice(name: &str, service: &str, ips: &[(&str, bool)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/service-name".to_owned(), service.to_owned()),
+                (
+                    "endpointslice.kubernetes.io/managed-by".to_owned(),
+                    "test".to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            ips.iter()
+                .map(|(ip, ready)| Endpoint {
+                    addresses: vec![(*ip).into()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*ready),
+                        terminating: Some(false),
+                    }),
+                    node_name: Some("node".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+/// Polls the client's view until `want` holds, for at most 20 s.
+fn eventually(lab: &Lab, what: &str, want: impl Fn(&BTreeMap<String, u32>) -> bool) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = lab.ask("tcp", "10.96.0.50", 80, 20);
+        if want(&seen) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{what}: last seen {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_programs_a_node_from_the_api_server() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    let lab = Lab::new();
+    lab.wait_for_servers();
+    kubelet::create_namespace(&client, "demo")
+        .await
+        .expect("namespace");
+    kubelet::create_node(&client, "node", None, "192.0.2.10".parse().expect("ip"))
+        .await
+        .expect("node");
+
+    let apiserver: SocketAddr = env
+        .server_url()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("apiserver address");
+    let _relay = ApiRelay::start(&lab.ns("node"), 6443, apiserver, env.dir())
+        .await
+        .expect("relay");
+    let kubeconfig = env
+        .write_kubeconfig_via("proxy", "127.0.0.1:6443".parse().expect("addr"))
+        .expect("kubeconfig");
+    let _proxy = Proxy(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("node"),
+                env!("CARGO_BIN_EXE_svcplane-proxy"),
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--hostname-override=node",
+                "--cluster-cidr=10.244.0.0/16",
+                "--admin-addr=127.0.0.1:10249",
+                "--min-sync-period=100ms",
+                "--sync-period=1s",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start svcplane-proxy"),
+    );
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "demo");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "demo");
+    let pp = PostParams::default();
+    services
+        .create(
+            &pp,
+            &Service {
+                metadata: ObjectMeta {
+                    name: Some("web".into()),
+                    ..Default::default()
+                },
+                spec: Some(ServiceSpec {
+                    cluster_ip: Some("10.96.0.50".into()),
+                    ports: Some(vec![ServicePort {
+                        name: Some("http".into()),
+                        port: 80,
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("service");
+
+    // No endpoints yet: rejected.
+    eventually(&lab, "rejected while there are no endpoints", |s| {
+        s.get("refused") == Some(&20)
+    });
+    // Two endpoints: both serve.
+    slices
+        .create(
+            &pp,
+            &slice(
+                "web-1",
+                "web",
+                &[("10.244.1.5", true), ("10.244.2.5", true)],
+            ),
+        )
+        .await
+        .expect("slice");
+    eventually(&lab, "both endpoints answer", |s| {
+        s.contains_key("pod-a 10.244.3.5") && s.contains_key("pod-b 10.244.3.5")
+    });
+    // One turns not ready: only the other serves.
+    slices
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "node"},
+                {"addresses": ["10.244.2.5"], "conditions": {"ready": false, "serving": false}, "nodeName": "node"},
+            ]})),
+        )
+        .await
+        .expect("patch slice");
+    eventually(&lab, "only the ready endpoint answers", |s| {
+        s.get("pod-a 10.244.3.5") == Some(&20)
+    });
+    // The Service goes: its address is no longer served (dropped as an unallocated
+    // ServiceCIDR address).
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(&lab, "the address stops answering", |s| {
+        !s.keys().any(|k| k.starts_with("pod-"))
+    });
+}

@@ -1,0 +1,106 @@
+//! Network namespaces for tests that need real packets (the proxy's), and a way for a process
+//! inside one to reach the API server without any IP route out of the namespace.
+//!
+//! [`ApiRelay`] binds a listener on 127.0.0.1 *inside* a namespace; every connection to it is
+//! carried over a unix socket (filesystem, not network) to the host side, which connects to the
+//! API server on host loopback. Nothing links the namespace to the host by IP.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sched::{CloneFlags, setns};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+/// Binds a TCP listener on `addr` inside network namespace `ns` (made with `ip netns add`).
+/// The socket belongs to that namespace for good; the thread that made it exits.
+pub fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let path = PathBuf::from("/var/run/netns").join(ns);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let handle = File::open(&path)?;
+                setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
+    })
+}
+
+/// The API server reachable at 127.0.0.1:`port` inside a namespace. Dropping it stops relaying.
+#[derive(Debug)]
+pub struct ApiRelay {
+    tasks: JoinSet<()>,
+    socket: PathBuf,
+}
+
+impl ApiRelay {
+    /// Relays 127.0.0.1:`port` in `ns` to `apiserver` through a unix socket under `dir`.
+    pub async fn start(
+        ns: &str,
+        port: u16,
+        apiserver: SocketAddr,
+        dir: &Path,
+    ) -> std::io::Result<Self> {
+        let socket = dir.join(format!("relay-{ns}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let unix = UnixListener::bind(&socket)?;
+        let inside = TcpListener::from_std(bind_in(ns, SocketAddr::from(([127, 0, 0, 1], port)))?)?;
+        let mut tasks = JoinSet::new();
+        // Host side: unix socket → API server.
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut from, _)) = unix.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut to) = TcpStream::connect(apiserver).await {
+                        let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                    }
+                });
+            }
+        });
+        // Namespace side: 127.0.0.1:port → unix socket.
+        let path = socket.clone();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut from, _)) = inside.accept().await {
+                let path = path.clone();
+                conns.spawn(async move {
+                    if let Ok(mut to) = UnixStream::connect(&path).await {
+                        let _ = tokio::io::copy_bidirectional(&mut from, &mut to).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { tasks, socket })
+    }
+}
+
+impl Drop for ApiRelay {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Whether this process can make network namespaces and run `nft` (root with iproute2 and
+/// nftables); the reason when not.
+pub fn can_make_namespaces() -> Result<(), String> {
+    let probe = format!("svp-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+            Command::new("nft")
+                .arg("--version")
+                .output()
+                .map(drop)
+                .map_err(|e| format!("nft: {e}"))
+        }
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => Err(format!("ip: {e}")),
+    }
+}
