@@ -222,34 +222,35 @@ pub fn plan<'a>(
     p
 }
 
-/// The addresses NodePorts answer on, or `None` for every local non-loopback address.
+/// The addresses NodePorts answer on, or `None` for every local non-loopback address: upstream's
+/// rule is that a family without a CIDR (or, with `primary`, without a node address) matches
+/// every address, while CIDRs that match no node address match none.
 fn nodeport_ips(family: AddressType, config: &Config) -> Option<BTreeSet<IpAddr>> {
-    let mine = config
-        .node_ips
-        .iter()
-        .copied()
-        .filter(|ip| of_family(ip, family) && !ip.is_loopback());
-    let ips: BTreeSet<IpAddr> = match &config.nodeport_addresses {
-        NodePortAddresses::Primary => mine.take(1).collect(),
+    match &config.nodeport_addresses {
+        NodePortAddresses::Primary => config
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| of_family(ip, family) && !ip.is_loopback())
+            .map(|ip| BTreeSet::from([ip])),
         NodePortAddresses::Cidrs(cidrs) => {
             let family_cidrs: Vec<&IpNet> = cidrs
                 .iter()
                 .filter(|c| of_family(&c.addr(), family))
                 .collect();
-            // A CIDR that covers every address of the family means "all of them".
-            if family_cidrs.iter().any(|c| c.prefix_len() == 0) {
+            if family_cidrs.is_empty() || family_cidrs.iter().any(|c| c.prefix_len() == 0) {
                 return None;
             }
-            config
-                .node_ips
-                .iter()
-                .copied()
-                .filter(|ip| family_cidrs.iter().any(|c| c.contains(ip)))
-                .collect()
+            Some(
+                config
+                    .node_ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| family_cidrs.iter().any(|c| c.contains(ip)))
+                    .collect(),
+            )
         }
-    };
-    // Upstream: a family with no usable node address falls back to every local address.
-    if ips.is_empty() { None } else { Some(ips) }
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use svcplane_runtime::{events, watch};
 use super::{Controller, Part};
 use crate::cache::Cache;
 
-enum Update {
+pub(super) enum Update {
     Service(Box<Event<ApiService>>),
     Pod(Box<Event<ApiPod>>),
     Node(Box<Event<ApiNode>>),
@@ -32,7 +32,7 @@ enum Update {
 }
 
 /// The informers, one per watch.
-struct Informers {
+pub(super) struct Informers {
     services: Informer<ApiService, Arc<Service>>,
     pods: Informer<ApiPod, Arc<Pod>>,
     nodes: Informer<ApiNode, Arc<Node>>,
@@ -240,7 +240,7 @@ impl Controller {
         }
     }
 
-    fn informers(&self) -> Informers {
+    pub(super) fn informers(&self) -> Informers {
         let m = &self.inner.watch_metrics;
         fn model<A, T>(obj: &A) -> Result<Option<Arc<T>>, svcplane_model::Error>
         where
@@ -258,7 +258,7 @@ impl Controller {
     }
 
     /// Applies one watch event and queues what it touched, for the controllers that care.
-    fn handle(&self, informers: &mut Informers, update: Update) {
+    pub(super) fn handle(&self, informers: &mut Informers, update: Update) {
         const ENDPOINTS_AND_SLICES: &[Part] = &[Part::Endpoints, Part::Slices];
         const ENDPOINTS_AND_MIRROR: &[Part] = &[Part::Endpoints, Part::Mirror];
         let mut cache = self.cache();

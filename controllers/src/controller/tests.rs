@@ -272,3 +272,56 @@ async fn pods_on_unknown_nodes_are_retried() {
     let outcome = f.controller.sync(Part::Slices, &web()).await.expect("sync");
     assert_eq!(outcome, Outcome::NodesMissing(1));
 }
+
+/// A watch event for our own earlier write that arrives after a later write was written
+/// through to the cache must not take the cache back: the next sync would find it older than
+/// its own write (stale) or conflict on the resourceVersion, and wait out a backoff.
+#[tokio::test]
+async fn a_late_event_of_our_own_earlier_write_does_not_regress_the_cache() {
+    let f = fixture();
+    f.controller
+        .sync(Part::Endpoints, &web())
+        .await
+        .expect("first write");
+    let first = f.endpoints.endpoints(&web()).expect("written");
+    // A second write (a pod added), written through to the cache.
+    let p = pod("ns", "web-1", "web", "10.244.0.6");
+    f.controller
+        .cache()
+        .apply_pod(p.key.clone(), Some(Arc::new(p)));
+    f.controller
+        .sync(Part::Endpoints, &web())
+        .await
+        .expect("second write");
+    let second = f.endpoints.endpoints(&web()).expect("written");
+    assert_ne!(
+        first.metadata.resource_version,
+        second.metadata.resource_version
+    );
+    // The first write's watch event arrives late.
+    let mut informers = f.controller.informers();
+    f.controller.handle(
+        &mut informers,
+        intake::Update::Endpoints(Box::new(kube::runtime::watcher::Event::Apply(first))),
+    );
+    let cached = f
+        .controller
+        .cache()
+        .endpoints(&web())
+        .cloned()
+        .expect("cached");
+    assert_eq!(
+        cached.metadata.resource_version,
+        second.metadata.resource_version
+    );
+    // So the next sync is a no-op, not a conflict.
+    let calls = f.endpoints.calls().len();
+    assert_eq!(
+        f.controller
+            .sync(Part::Endpoints, &web())
+            .await
+            .expect("sync"),
+        Outcome::Done
+    );
+    assert_eq!(f.endpoints.calls().len(), calls);
+}

@@ -253,6 +253,11 @@ fn nodeport_addresses() {
     assert_eq!(nodeport_ips(AddressType::V4, &c), None, "every address");
     c.nodeport_addresses = NodePortAddresses::Cidrs(vec!["192.0.2.0/24".parse().expect("cidr")]);
     assert_eq!(nodeport_ips(AddressType::V4, &c).map(|s| s.len()), Some(1));
+    // No IPv6 CIDR: every IPv6 address.
+    assert_eq!(nodeport_ips(AddressType::V6, &c), None);
+    // A CIDR no node address is in: none.
+    c.nodeport_addresses = NodePortAddresses::Cidrs(vec!["198.51.100.0/24".parse().expect("cidr")]);
+    assert_eq!(nodeport_ips(AddressType::V4, &c).map(|s| s.len()), Some(0));
     c.node_ips = vec![];
     c.nodeport_addresses = NodePortAddresses::Primary;
     assert_eq!(
