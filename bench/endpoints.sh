@@ -66,6 +66,12 @@ run() { # name manager command...
     $bench --kubeconfig "$kubeconfig" flips --manager "$manager" --count "$FLIPS" --services "$SERVICES" --pods "$PODS" \
         | sed "s/^/$name /"
     echo "$name rss_peak_mib $(hwm "$pid")"
+    # svcplane's own view of its syncs (stale and failed ones retry with backoff): a diagnostic.
+    if [ "$name" = svcplane ]; then
+        python3 -c 'import sys, urllib.request
+for l in urllib.request.urlopen("http://127.0.0.1:19092/metrics", timeout=5).read().decode().splitlines():
+    if l.startswith("svcplane_endpoints_syncs_total"): print(l, file=sys.stderr)' || true
+    fi
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 

@@ -382,6 +382,15 @@ async fn flips(
             latencies.push(took);
         }
     }
+    // Where the slowest flips fell in the sequence (stderr: a diagnostic, not a result).
+    let mut worst: Vec<(usize, Duration)> = latencies.iter().copied().enumerate().collect();
+    worst.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    let worst: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(i, d)| format!("#{i} {:.1}ms", d.as_secs_f64() * 1e3))
+        .collect();
+    eprintln!("slowest flips: {}", worst.join(", "));
     latencies.sort();
     let q = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(

@@ -9,6 +9,7 @@
 //!
 //! This crate must never leave a half-programmed node: every change is one atomic transaction.
 
+pub mod conntrack;
 pub mod metrics;
 pub mod nft;
 pub mod plan;

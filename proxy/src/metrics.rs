@@ -14,6 +14,8 @@ pub struct Metrics {
     pending: IntGauge,
     last_sync: IntGauge,
     services: IntGauge,
+    conntrack_deleted: IntCounter,
+    conntrack_failures: IntCounter,
 }
 
 impl Metrics {
@@ -50,7 +52,17 @@ impl Metrics {
                 "svcplane_proxy_services",
                 "Services known to the proxy (proxied or not).",
             )?,
+            conntrack_deleted: IntCounter::new(
+                "svcplane_proxy_conntrack_deleted_entries_total",
+                "UDP conntrack entries deleted because their endpoint went away.",
+            )?,
+            conntrack_failures: IntCounter::new(
+                "svcplane_proxy_conntrack_cleanup_failures_total",
+                "conntrack deletions that failed (the flows then time out by themselves).",
+            )?,
         };
+        registry.register(Box::new(m.conntrack_deleted.clone()))?;
+        registry.register(Box::new(m.conntrack_failures.clone()))?;
         registry.register(Box::new(m.sync_duration.clone()))?;
         registry.register(Box::new(m.sync_failures.clone()))?;
         registry.register(Box::new(m.programming.clone()))?;
@@ -81,6 +93,14 @@ impl Metrics {
 
     pub fn pending(&self, n: usize) {
         self.pending.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn conntrack_deleted(&self, n: u64) {
+        self.conntrack_deleted.inc_by(n);
+    }
+
+    pub fn conntrack_failed(&self) {
+        self.conntrack_failures.inc();
     }
 
     pub fn services(&self, n: usize) {

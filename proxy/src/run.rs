@@ -16,6 +16,7 @@ use svcplane_runtime::{
     AdminArgs, AdminServer, ClientArgs, Health, Informer, LogArgs, WatchMetrics, watch,
 };
 
+use crate::conntrack::ConntrackCli;
 use crate::metrics::Metrics;
 use crate::nft::{Nft, NftCli};
 use crate::plan::{LABEL_SERVICE_PROXY_NAME, NodePortAddresses};
@@ -77,6 +78,9 @@ pub struct Args {
     /// The nft binary.
     #[arg(long, env = "SVCPLANE_NFT_BINARY", default_value = "nft")]
     pub nft_binary: String,
+    /// The conntrack binary (conntrack-tools), for deleting stale UDP flows.
+    #[arg(long, env = "SVCPLANE_CONNTRACK_BINARY", default_value = "conntrack")]
+    pub conntrack_binary: String,
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
@@ -151,7 +155,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let admin_addr = admin.local_addr().map_err(Error::AdminAddr)?;
     tracing::info!(node = %node_name, nft = %version, admin = %admin_addr, "starting");
 
-    let mut state = State::new(settings, Box::new(nft), metrics.clone());
+    let conntrack = ConntrackCli::new(&args.conntrack_binary);
+    let mut state = State::new(
+        settings,
+        Box::new(nft),
+        Box::new(conntrack),
+        metrics.clone(),
+    );
     let mut services: Informer<ApiService, Arc<Service>> = Informer::new(
         "Service",
         Box::new(|obj: &ApiService| {

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use svcplane_model::tracker::{ChangeTracker, EndpointsTracker, ServiceEndpoints};
 use svcplane_model::{AddressType, EndpointSlice, Node, ObjectKey, Service, ServiceCidr};
 
+use crate::conntrack::{Conntrack, UdpView};
 use crate::metrics::Metrics;
 use crate::nft::{self, Nft};
 use crate::plan::{self, Config};
@@ -38,6 +39,10 @@ pub struct State {
     /// Trigger times of endpoint changes not yet in the rules.
     triggers: Vec<Timestamp>,
     nft: Box<dyn Nft>,
+    conntrack: Box<dyn Conntrack>,
+    /// UDP destinations per family as last applied, and as rendered but not yet applied.
+    applied_udp: [UdpView; 2],
+    rendered_udp: [UdpView; 2],
     metrics: Metrics,
 }
 
@@ -50,7 +55,12 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    pub fn new(settings: Settings, nft: Box<dyn Nft>, metrics: Metrics) -> Self {
+    pub fn new(
+        settings: Settings,
+        nft: Box<dyn Nft>,
+        conntrack: Box<dyn Conntrack>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             settings,
             services: ChangeTracker::new(),
@@ -61,6 +71,9 @@ impl State {
             endpoints: HashMap::new(),
             triggers: Vec::new(),
             nft,
+            conntrack,
+            applied_udp: Default::default(),
+            rendered_udp: Default::default(),
             metrics,
         }
     }
@@ -114,7 +127,7 @@ impl State {
         self.take_changes();
         let config = self.config();
         let mut text = String::new();
-        for family in [AddressType::V4, AddressType::V6] {
+        for (i, family) in [AddressType::V4, AddressType::V6].into_iter().enumerate() {
             let p = plan::plan(
                 family,
                 self.services.iter(),
@@ -122,6 +135,7 @@ impl State {
                 &config,
             );
             render::full(&p, &mut text);
+            self.rendered_udp[i] = UdpView::of(&p);
         }
         text
     }
@@ -142,6 +156,7 @@ impl State {
                     }
                 }
                 self.metrics.pending(0);
+                self.clean_conntrack();
                 Ok(())
             }
             Err(error) => {
@@ -149,6 +164,27 @@ impl State {
                 Err(error)
             }
         }
+    }
+}
+
+impl State {
+    /// After a successful sync: deletes the UDP flows the change left pointing at endpoints
+    /// that are gone (or at destinations that were refused). A failure is logged and counted;
+    /// the rules are in place regardless, and the flows time out by themselves.
+    fn clean_conntrack(&mut self) {
+        let next = std::mem::take(&mut self.rendered_udp);
+        for (before, now) in self.applied_udp.iter().zip(&next) {
+            for filter in before.stale(now) {
+                match self.conntrack.delete(&filter) {
+                    Ok(n) => self.metrics.conntrack_deleted(n),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not delete stale UDP conntrack entries");
+                        self.metrics.conntrack_failed();
+                    }
+                }
+            }
+        }
+        self.applied_udp = next;
     }
 }
 

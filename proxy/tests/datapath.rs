@@ -17,6 +17,7 @@ use svcplane_model::{
     AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, ObjectKey,
     Protocol, Service, ServicePort, ServiceType, TargetPort,
 };
+use svcplane_proxy::conntrack::{Conntrack, ConntrackCli, UdpView};
 use svcplane_proxy::nft::Nft;
 use svcplane_proxy::plan::{Config, NodePortAddresses, plan};
 use svcplane_proxy::render;
@@ -86,6 +87,13 @@ fn transaction(
     services: &[(ObjectKey, Arc<Service>)],
     eps: &HashMap<ObjectKey, ServiceEndpoints>,
 ) -> String {
+    transaction_and_plan(services, eps).0
+}
+
+fn transaction_and_plan(
+    services: &[(ObjectKey, Arc<Service>)],
+    eps: &HashMap<ObjectKey, ServiceEndpoints>,
+) -> (String, svcplane_proxy::plan::Plan) {
     let config = Config {
         node: NodeFacts {
             name: "node".into(),
@@ -106,7 +114,7 @@ fn transaction(
     );
     let mut text = String::new();
     render::full(&p, &mut text);
-    text
+    (text, p)
 }
 
 #[test]
@@ -197,4 +205,56 @@ fn cluster_ips_carry_packets_and_refuse_what_they_should() {
         "{}",
         String::from_utf8_lossy(&left.stdout)
     );
+}
+
+/// A UDP "connection" (one client address and port) sticks to its endpoint through conntrack;
+/// when the endpoint leaves the Service, the proxy deletes the flow so the next datagram goes to
+/// an endpoint that is still there.
+#[test]
+fn a_udp_flow_moves_when_its_endpoint_goes() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+    let lab = Lab::new();
+    lab.wait_for_servers();
+    let web = service("web", "10.96.0.10", None);
+    let services = [web.clone()];
+    let both = HashMap::from([(
+        web.0.clone(),
+        endpoints(&web.0, &["10.244.1.5", "10.244.2.5"]),
+    )]);
+    let (text, before) = transaction_and_plan(&services, &both);
+    lab.nft().apply(&text).expect("load rules");
+    let first = lab.ask_udp_from_port("10.96.0.10", 53, 3, 40000);
+    assert_eq!(first.len(), 1, "one flow, one endpoint: {first:?}");
+    let pinned = first.keys().next().cloned().unwrap_or_default();
+    let (gone, stays) = if pinned.starts_with("pod-a") {
+        ("10.244.1.5", "10.244.2.5")
+    } else {
+        ("10.244.2.5", "10.244.1.5")
+    };
+    // The pinned endpoint leaves the Service (its pod still answers, as a terminating pod can).
+    let left = HashMap::from([(web.0.clone(), endpoints(&web.0, &[stays]))]);
+    let (text, after) = transaction_and_plan(&services, &left);
+    lab.nft().apply(&text).expect("reload rules");
+    // Without cleanup the flow keeps going to the endpoint that left.
+    assert_eq!(
+        lab.ask_udp_from_port("10.96.0.10", 53, 2, 40000),
+        first.keys().map(|k| (k.clone(), 2)).collect()
+    );
+    // The proxy's cleanup: the flows answered by the endpoint that went.
+    let stale = UdpView::of(&before).stale(&UdpView::of(&after));
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let conntrack = ConntrackCli::in_netns(&lab.ns("node"));
+    for filter in &stale {
+        assert_eq!(filter.reply_src, Some(gone.parse().expect("ip")));
+        assert!(conntrack.delete(filter).expect("conntrack") >= 1);
+    }
+    let moved = lab.ask_udp_from_port("10.96.0.10", 53, 3, 40000);
+    let want = if stays == "10.244.1.5" {
+        "pod-a 10.244.3.5"
+    } else {
+        "pod-b 10.244.3.5"
+    };
+    assert_eq!(moved, BTreeMap::from([(want.to_owned(), 3)]));
 }

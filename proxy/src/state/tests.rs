@@ -4,6 +4,7 @@ use prometheus::Registry;
 use svcplane_model::ServiceType;
 
 use super::*;
+use crate::conntrack::FakeConntrack;
 use crate::nft::FakeNft;
 use crate::plan::tests::{endpoints, service};
 
@@ -16,7 +17,12 @@ fn state(nft: &FakeNft) -> State {
         masquerade_bit: 14,
     };
     let metrics = Metrics::register(&Registry::new()).expect("metrics");
-    State::new(settings, Box::new(nft.clone()), metrics)
+    State::new(
+        settings,
+        Box::new(nft.clone()),
+        Box::new(FakeConntrack::default()),
+        metrics,
+    )
 }
 
 #[test]

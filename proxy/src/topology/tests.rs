@@ -42,7 +42,8 @@ fn ips(list: &[(IpAddr, u16)]) -> Vec<String> {
 #[test]
 fn categorize_table() {
     // (endpoints, cluster list, local list, any)
-    let cases: Vec<(Vec<Row>, &[&str], &[&str], bool)> = vec![
+    type Case = (Vec<Row>, &'static [&'static str], &'static [&'static str], bool);
+    let cases: Vec<Case> = vec![
         // Ready endpoints: all for cluster traffic, the local one for local traffic.
         (
             vec![

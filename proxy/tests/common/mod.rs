@@ -61,12 +61,14 @@ tcp()
 const CLIENT: &str = r#"
 import socket, sys
 proto, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sport = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 for _ in range(count):
     try:
         if proto == "tcp":
             s = socket.create_connection((ip, port), timeout=1); print(s.recv(100).decode()); s.close()
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", sport))
             s.connect((ip, port)); s.send(b"?"); print(s.recv(100).decode()); s.close()
     except ConnectionRefusedError:
         print("refused")
@@ -78,7 +80,10 @@ impl Lab {
     /// node (10.244.0.1 on each pod link) with pod namespaces `pod-a` (10.244.1.5),
     /// `pod-b` (10.244.2.5) serving on 8080, and `client` (10.244.3.5).
     pub fn new() -> Lab {
-        let prefix = format!("svp{}", std::process::id());
+        // Tests run in parallel in one process: each lab gets its own names.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("svp{}x{n}", std::process::id());
         let mut lab = Lab {
             prefix: prefix.clone(),
             namespaces: Vec::new(),
@@ -225,6 +230,37 @@ impl Lab {
     /// Answers from `count` requests from the client pod, tallied.
     pub fn ask(&self, proto: &str, ip: &str, port: u16, count: u32) -> BTreeMap<String, u32> {
         self.ask_from("client", proto, ip, port, count)
+    }
+
+    /// UDP requests from the client pod, all from source port `sport` (one conntrack flow).
+    pub fn ask_udp_from_port(
+        &self,
+        ip: &str,
+        port: u16,
+        count: u32,
+        sport: u16,
+    ) -> BTreeMap<String, u32> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns("client"),
+                "python3",
+                "-c",
+                CLIENT,
+                "udp",
+                ip,
+            ])
+            .arg(port.to_string())
+            .arg(count.to_string())
+            .arg(sport.to_string())
+            .output()
+            .expect("client");
+        let mut tally = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            *tally.entry(line.to_owned()).or_insert(0) += 1;
+        }
+        tally
     }
 
     /// The same from namespace `from` (`client`, or `ext` outside the node).

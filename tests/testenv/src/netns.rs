@@ -90,7 +90,9 @@ impl Drop for ApiRelay {
 /// Whether this process can make network namespaces and run `nft` (root with iproute2 and
 /// nftables); the reason when not.
 pub fn can_make_namespaces() -> Result<(), String> {
-    let probe = format!("svp-probe-{}", std::process::id());
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("svp-probe-{}-{n}", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(out) if out.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &probe]).status();
