@@ -42,7 +42,12 @@ fn ips(list: &[(IpAddr, u16)]) -> Vec<String> {
 #[test]
 fn categorize_table() {
     // (endpoints, cluster list, local list, any)
-    type Case = (Vec<Row>, &'static [&'static str], &'static [&'static str], bool);
+    type Case = (
+        Vec<Row>,
+        &'static [&'static str],
+        &'static [&'static str],
+        bool,
+    );
     let cases: Vec<Case> = vec![
         // Ready endpoints: all for cluster traffic, the local one for local traffic.
         (
