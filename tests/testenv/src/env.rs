@@ -360,6 +360,20 @@ impl TestEnv {
         self.write_kubeconfig(name, &kc)
     }
 
+    /// Both: `token`'s identity, through `server` (a process in a network namespace reaching
+    /// the API server through a [`crate::netns::ApiRelay`] under its ServiceAccount).
+    pub fn write_kubeconfig_with_token_via(
+        &self,
+        name: &str,
+        token: &str,
+        server: SocketAddr,
+    ) -> Result<PathBuf> {
+        let mut kc = self.kubeconfig.clone();
+        kc["users"][0]["user"] = json!({ "token": token });
+        kc["clusters"][0]["cluster"]["server"] = json!(format!("https://{server}"));
+        self.write_kubeconfig(name, &kc)
+    }
+
     fn write_kubeconfig(&self, name: &str, kubeconfig: &Value) -> Result<PathBuf> {
         let path = self.dir.join(name);
         std::fs::write(&path, kubeconfig.to_string()).map_err(|source| Error::Io {
