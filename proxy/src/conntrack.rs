@@ -11,7 +11,7 @@ use std::process::Command;
 
 use svcplane_model::Protocol;
 
-use crate::plan::{Plan, Target, Vip};
+use crate::plan::{Plan, Vip};
 
 /// Entries to delete: UDP flows to `dst` (an address, or any address for a NodePort) on
 /// `port`, and only those answered by `reply_src` when given.
@@ -29,31 +29,52 @@ pub struct UdpView {
     nodeports: BTreeMap<u16, Option<BTreeSet<IpAddr>>>,
 }
 
-fn addrs(targets: &[Target]) -> Option<BTreeSet<IpAddr>> {
-    Some(targets.iter().map(|(ip, _)| *ip).collect())
-}
-
 impl UdpView {
     pub fn of(plan: &Plan) -> Self {
         let mut view = UdpView::default();
-        for (vip, targets) in plan.cluster.iter().chain(&plan.external) {
+        let vips = plan
+            .cluster
+            .iter()
+            .chain(&plan.external)
+            .chain(&plan.external_short)
+            .chain(&plan.external_local);
+        for (vip, targets) in vips {
             if vip.1 == Protocol::Udp {
-                view.vips.insert(*vip, addrs(targets));
+                let entry = view
+                    .vips
+                    .entry(*vip)
+                    .or_insert_with(|| Some(BTreeSet::new()));
+                entry
+                    .get_or_insert_with(BTreeSet::new)
+                    .extend(targets.iter().map(|(ip, _)| *ip));
             }
         }
         for vip in plan.refused.keys() {
+            // Under a Local policy a destination can be refused to outsiders and served to
+            // pods at once: it counts as served.
             if vip.1 == Protocol::Udp {
-                view.vips.insert(*vip, None);
+                view.vips.entry(*vip).or_insert(None);
             }
         }
-        for ((p, port), targets) in &plan.nodeports {
+        let nodeports = plan
+            .nodeports
+            .iter()
+            .chain(&plan.nodeports_short)
+            .chain(&plan.nodeports_local);
+        for ((p, port), targets) in nodeports {
             if *p == Protocol::Udp {
-                view.nodeports.insert(*port, addrs(targets));
+                let entry = view
+                    .nodeports
+                    .entry(*port)
+                    .or_insert_with(|| Some(BTreeSet::new()));
+                entry
+                    .get_or_insert_with(BTreeSet::new)
+                    .extend(targets.iter().map(|(ip, _)| *ip));
             }
         }
         for (p, port) in plan.refused_nodeports.keys() {
             if *p == Protocol::Udp {
-                view.nodeports.insert(*port, None);
+                view.nodeports.entry(*port).or_insert(None);
             }
         }
         view

@@ -75,10 +75,18 @@ pub struct Plan {
     pub cluster_ips: BTreeSet<IpAddr>,
     /// ClusterIP destinations with endpoints, by endpoint count.
     pub cluster: BTreeMap<Vip, Vec<Target>>,
-    /// External IPs and LoadBalancer IPs (masqueraded).
+    /// External IPs and LoadBalancer IPs under externalTrafficPolicy Cluster (masqueraded).
     pub external: BTreeMap<Vip, Vec<Target>>,
-    /// NodePorts (masqueraded).
+    /// NodePorts under externalTrafficPolicy Cluster (masqueraded).
     pub nodeports: BTreeMap<NodePort, Vec<Target>>,
+    /// externalTrafficPolicy Local, traffic from outside: this node's endpoints, the client's
+    /// address kept.
+    pub external_local: BTreeMap<Vip, Vec<Target>>,
+    pub nodeports_local: BTreeMap<NodePort, Vec<Target>>,
+    /// externalTrafficPolicy Local, traffic from pods (not masqueraded) and from the node itself
+    /// (masqueraded): every endpoint, as for Cluster, since there is no client address to keep.
+    pub external_short: BTreeMap<Vip, Vec<Target>>,
+    pub nodeports_short: BTreeMap<NodePort, Vec<Target>>,
     /// Destinations without usable endpoints, with the Service port they belong to.
     pub refused: BTreeMap<Vip, (Refuse, String)>,
     pub refused_nodeports: BTreeMap<NodePort, (Refuse, String)>,
@@ -187,33 +195,49 @@ pub fn plan<'a>(
             } else {
                 p.cluster.insert(vip, internal.clone());
             }
-            // External traffic under externalTrafficPolicy Cluster; Local is not built yet
-            // (docs/proxy.md): such Services get no external rules and are refused.
-            let external = match svc.external_traffic_policy {
-                TrafficPolicy::Cluster => Some(&usable.cluster),
-                TrafficPolicy::Local => None,
-            };
-            for ip in &externals {
-                let vip = (*ip, port.protocol, port.port);
-                match external.filter(|l| !l.is_empty()) {
-                    Some(list) => {
-                        p.external.insert(vip, list.clone());
-                    }
-                    None => {
-                        p.refused.insert(vip, (refuse, name.clone()));
-                    }
-                }
-            }
+            // External destinations: external IPs, LoadBalancer IPs, the NodePort.
+            let local_policy = svc.external_traffic_policy == TrafficPolicy::Local;
             let wants_node_port =
                 matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
-            if let Some(np) = port.node_port.filter(|_| wants_node_port) {
-                let key = (port.protocol, np);
-                match external.filter(|l| !l.is_empty()) {
-                    Some(list) => {
-                        p.nodeports.insert(key, list.clone());
+            let node_port = port
+                .node_port
+                .filter(|_| wants_node_port)
+                .map(|np| (port.protocol, np));
+            let vips = externals.iter().map(|ip| (*ip, port.protocol, port.port));
+            if local_policy {
+                for vip in vips {
+                    if !usable.cluster.is_empty() {
+                        p.external_short.insert(vip, usable.cluster.clone());
                     }
-                    None => {
+                    if usable.local.is_empty() {
+                        p.refused.insert(vip, (refuse, name.clone()));
+                    } else {
+                        p.external_local.insert(vip, usable.local.clone());
+                    }
+                }
+                if let Some(key) = node_port {
+                    if !usable.cluster.is_empty() {
+                        p.nodeports_short.insert(key, usable.cluster.clone());
+                    }
+                    if usable.local.is_empty() {
                         p.refused_nodeports.insert(key, (refuse, name.clone()));
+                    } else {
+                        p.nodeports_local.insert(key, usable.local.clone());
+                    }
+                }
+            } else {
+                for vip in vips {
+                    if usable.cluster.is_empty() {
+                        p.refused.insert(vip, (refuse, name.clone()));
+                    } else {
+                        p.external.insert(vip, usable.cluster.clone());
+                    }
+                }
+                if let Some(key) = node_port {
+                    if usable.cluster.is_empty() {
+                        p.refused_nodeports.insert(key, (refuse, name.clone()));
+                    } else {
+                        p.nodeports.insert(key, usable.cluster.clone());
                     }
                 }
             }

@@ -175,13 +175,21 @@ pub fn full(plan: &Plan, out: &mut String) {
             "add set {f} {TABLE} nodeport-ips {{ type {t}; comment \"addresses NodePorts answer on\"; }}"
         );
     }
-    let groups = [
+    // Dispatch groups: (set kind, key expression, destinations by endpoint count).
+    let vip_key = format!("{a} daddr . meta l4proto . th dport");
+    let port_key = "meta l4proto . th dport".to_owned();
+    let vip_groups = [
         ("cluster", by_count(&plan.cluster)),
         ("external", by_count(&plan.external)),
+        ("external-short", by_count(&plan.external_short)),
+        ("external-local", by_count(&plan.external_local)),
     ];
-    let nodeport_groups = by_count(&plan.nodeports);
-    let vip_key = format!("{a} daddr . meta l4proto . th dport");
-    for (kind, groups) in &groups {
+    let port_groups = [
+        ("nodeport", by_count(&plan.nodeports)),
+        ("nodeport-short", by_count(&plan.nodeports_short)),
+        ("nodeport-local", by_count(&plan.nodeports_local)),
+    ];
+    for (kind, groups) in &vip_groups {
         for n in groups.keys() {
             let _ = writeln!(out, "add set {f} {TABLE} {kind}-n{n} {{ type {vip}; }}");
             let _ = writeln!(
@@ -190,15 +198,17 @@ pub fn full(plan: &Plan, out: &mut String) {
             );
         }
     }
-    for n in nodeport_groups.keys() {
-        let _ = writeln!(
-            out,
-            "add set {f} {TABLE} nodeport-n{n} {{ type inet_proto . inet_service; }}"
-        );
-        let _ = writeln!(
-            out,
-            "add map {f} {TABLE} nodeport-n{n}-eps {{ typeof meta l4proto . th dport . numgen random mod {n} : {a} daddr . th dport; }}"
-        );
+    for (kind, groups) in &port_groups {
+        for n in groups.keys() {
+            let _ = writeln!(
+                out,
+                "add set {f} {TABLE} {kind}-n{n} {{ type inet_proto . inet_service; }}"
+            );
+            let _ = writeln!(
+                out,
+                "add map {f} {TABLE} {kind}-n{n}-eps {{ typeof {port_key} . numgen random mod {n} : {a} daddr . th dport; }}"
+            );
+        }
     }
 
     // Rules.
@@ -269,33 +279,62 @@ pub fn full(plan: &Plan, out: &mut String) {
             ),
         );
     }
-    for (kind, groups) in &groups {
-        // External destinations are always masqueraded (externalTrafficPolicy Cluster).
-        let extra = if *kind == "external" {
+    // Dispatch rules, in this order: Cluster-policy destinations; then, for
+    // externalTrafficPolicy Local, the short cut that pods (by --cluster-cidr, not masqueraded)
+    // and the node itself (masqueraded) take to every endpoint, since there is no client address
+    // to keep; then everyone else to this node's endpoints, the client's address kept.
+    let pods = (!plan.cluster_cidrs.is_empty()).then(|| {
+        let cidrs: Vec<String> = plan.cluster_cidrs.iter().map(ToString::to_string).collect();
+        format!("{a} saddr {{ {} }} ", cidrs.join(", "))
+    });
+    let host = "fib saddr type local ".to_owned();
+    // (kind, source match, masquerade?)
+    let mut patterns: Vec<(&str, String, bool)> = vec![
+        ("cluster", String::new(), false),
+        ("external", String::new(), true),
+    ];
+    let mut port_patterns: Vec<(&str, String, bool)> = vec![("nodeport", String::new(), true)];
+    if let Some(pods) = &pods {
+        patterns.push(("external-short", pods.clone(), false));
+        port_patterns.push(("nodeport-short", pods.clone(), false));
+    }
+    patterns.push(("external-short", host.clone(), true));
+    port_patterns.push(("nodeport-short", host, true));
+    patterns.push(("external-local", String::new(), false));
+    port_patterns.push(("nodeport-local", String::new(), false));
+    let dispatch = |out: &mut String,
+                    chain: &str,
+                    key: &str,
+                    kind: &str,
+                    n: usize,
+                    source: &str,
+                    masquerade: bool| {
+        let mark = if masquerade {
             format!("{set_mark} ")
         } else {
             String::new()
         };
-        for n in groups.keys() {
-            rule(
-                out,
-                "services",
-                &format!(
-                    "{vip_key} @{kind}-n{n} {extra}dnat {a} to {vip_key} . numgen random mod {n} map @{kind}-n{n}-eps"
-                ),
-            );
+        rule(
+            out,
+            chain,
+            &format!(
+                "{source}{key} @{kind}-n{n} {mark}dnat {a} to {key} . numgen random mod {n} map @{kind}-n{n}-eps"
+            ),
+        );
+    };
+    for (kind, source, masquerade) in &patterns {
+        let groups = vip_groups.iter().find(|(k, _)| k == kind).map(|(_, g)| g);
+        for n in groups.into_iter().flat_map(BTreeMap::keys) {
+            dispatch(out, "services", &vip_key, kind, *n, source, *masquerade);
         }
     }
-    if !nodeport_groups.is_empty() {
+    if port_groups.iter().any(|(_, g)| !g.is_empty()) {
         rule(out, "services", &format!("{nodeport_match} jump nodeports"));
-        for n in nodeport_groups.keys() {
-            rule(
-                out,
-                "nodeports",
-                &format!(
-                    "meta l4proto . th dport @nodeport-n{n} {set_mark} dnat {a} to meta l4proto . th dport . numgen random mod {n} map @nodeport-n{n}-eps"
-                ),
-            );
+    }
+    for (kind, source, masquerade) in &port_patterns {
+        let groups = port_groups.iter().find(|(k, _)| k == kind).map(|(_, g)| g);
+        for n in groups.into_iter().flat_map(BTreeMap::keys) {
+            dispatch(out, "nodeports", &port_key, kind, *n, source, *masquerade);
         }
     }
     rule(
@@ -362,7 +401,7 @@ pub fn full(plan: &Plan, out: &mut String) {
                 )
             }),
     );
-    for (kind, groups) in &groups {
+    for (kind, groups) in &vip_groups {
         for (n, entries) in groups {
             elements(
                 out,
@@ -389,26 +428,28 @@ pub fn full(plan: &Plan, out: &mut String) {
             );
         }
     }
-    for (n, entries) in &nodeport_groups {
-        elements(
-            out,
-            f,
-            &format!("nodeport-n{n}"),
-            entries
-                .iter()
-                .map(|((p, port), _)| format!("{} . {port}", proto(*p))),
-        );
-        elements(
-            out,
-            f,
-            &format!("nodeport-n{n}-eps"),
-            entries.iter().flat_map(|((p, port), targets)| {
-                targets
+    for (kind, groups) in &port_groups {
+        for (n, entries) in groups {
+            elements(
+                out,
+                f,
+                &format!("{kind}-n{n}"),
+                entries
                     .iter()
-                    .enumerate()
-                    .map(move |(i, t)| format!("{} . {port} . {i} : {}", proto(*p), target(t)))
-            }),
-        );
+                    .map(|((p, port), _)| format!("{} . {port}", proto(*p))),
+            );
+            elements(
+                out,
+                f,
+                &format!("{kind}-n{n}-eps"),
+                entries.iter().flat_map(|((p, port), targets)| {
+                    targets
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, t)| format!("{} . {port} . {i} : {}", proto(*p), target(t)))
+                }),
+            );
+        }
     }
 }
 

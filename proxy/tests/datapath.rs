@@ -52,6 +52,12 @@ fn service(name: &str, ip: &str, node_port: Option<u16>) -> (ObjectKey, Arc<Serv
 }
 
 fn endpoints(svc: &ObjectKey, ips: &[&str]) -> ServiceEndpoints {
+    let on_node: Vec<(&str, &str)> = ips.iter().map(|ip| (*ip, "node")).collect();
+    endpoints_on(svc, &on_node)
+}
+
+/// Endpoints with the node each runs on (`node` is the lab's node).
+fn endpoints_on(svc: &ObjectKey, ips: &[(&str, &str)]) -> ServiceEndpoints {
     let port = |name: &str, protocol| EndpointPort {
         name: name.into(),
         protocol,
@@ -66,11 +72,11 @@ fn endpoints(svc: &ObjectKey, ips: &[&str]) -> ServiceEndpoints {
             ports: vec![port("http", Protocol::Tcp), port("dns", Protocol::Udp)],
             endpoints: ips
                 .iter()
-                .map(|ip| Endpoint {
+                .map(|(ip, node)| Endpoint {
                     addresses: vec![ip.parse().expect("ip")],
                     conditions: Conditions::default(),
                     hostname: None,
-                    node_name: Some("node".into()),
+                    node_name: Some((*node).into()),
                     zone: None,
                     hints: None,
                     target_pod: None,
@@ -257,4 +263,61 @@ fn a_udp_flow_moves_when_its_endpoint_goes() {
         "pod-b 10.244.3.5"
     };
     assert_eq!(moved, BTreeMap::from([(want.to_owned(), 3)]));
+}
+
+/// externalTrafficPolicy Local: traffic from outside the node reaches only this node's
+/// endpoints and keeps the client's address, and is dropped when this node has none; pods take
+/// the short cut to every endpoint.
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+    let lab = Lab::new();
+    lab.wait_for_servers();
+    let (key, svc) = service("local", "10.96.0.20", Some(30081));
+    let svc = Arc::new(Service {
+        external_traffic_policy: svcplane_model::TrafficPolicy::Local,
+        ..(*svc).clone()
+    });
+    let services = [(key.clone(), svc)];
+    // pod-a runs on this node, pod-b elsewhere.
+    let mixed = HashMap::from([(
+        key.clone(),
+        endpoints_on(
+            &key,
+            &[("10.244.1.5", "node"), ("10.244.2.5", "other-node")],
+        ),
+    )]);
+    lab.nft()
+        .apply(&transaction(&services, &mixed))
+        .expect("load rules");
+    assert_eq!(
+        lab.ask_from("ext", "tcp", "192.0.2.10", 30081, 10),
+        BTreeMap::from([("pod-a 192.0.2.1".into(), 10)]),
+        "outside: the local endpoint only, the client's own address"
+    );
+    let from_pod = lab.ask("tcp", "192.0.2.10", 30081, 30);
+    assert_eq!(
+        from_pod.keys().cloned().collect::<Vec<_>>(),
+        ["pod-a 10.244.3.5", "pod-b 10.244.3.5"],
+        "a pod takes the short cut to every endpoint: {from_pod:?}"
+    );
+
+    // No endpoint on this node: outside traffic is dropped, pods still get through.
+    let remote = HashMap::from([(
+        key.clone(),
+        endpoints_on(&key, &[("10.244.2.5", "other-node")]),
+    )]);
+    lab.nft()
+        .apply(&transaction(&services, &remote))
+        .expect("reload rules");
+    assert_eq!(
+        lab.ask_from("ext", "tcp", "192.0.2.10", 30081, 1),
+        BTreeMap::from([("timeout".into(), 1)])
+    );
+    assert_eq!(
+        lab.ask("tcp", "192.0.2.10", 30081, 5),
+        BTreeMap::from([("pod-b 10.244.3.5".into(), 5)])
+    );
 }

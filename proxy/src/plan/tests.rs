@@ -266,3 +266,59 @@ fn nodeport_addresses() {
         "no node address: every address"
     );
 }
+
+#[test]
+fn external_traffic_policy_local_splits_outside_from_pods_and_host() {
+    let web = Arc::new(Service {
+        external_traffic_policy: TrafficPolicy::Local,
+        external_ips: vec!["198.51.100.7".parse().expect("ip")],
+        ..(*service("web", &["10.96.0.10"], ServiceType::NodePort)).clone()
+    });
+    let eps = HashMap::from([(
+        web.key.clone(),
+        endpoints(
+            "web",
+            &[
+                ("10.244.1.5", "node-a", true),
+                ("10.244.2.5", "node-b", true),
+            ],
+        ),
+    )]);
+    let p = run(AddressType::V4, std::slice::from_ref(&web), &eps, &config());
+    let ext = vip("198.51.100.7", Protocol::Tcp, 80);
+    assert_eq!(
+        p.external_local.get(&ext),
+        Some(&vec![t("10.244.1.5", 8080)])
+    );
+    assert_eq!(
+        p.external_short.get(&ext),
+        Some(&vec![t("10.244.1.5", 8080), t("10.244.2.5", 8080)])
+    );
+    assert_eq!(
+        p.nodeports_local.get(&(Protocol::Tcp, 30080)).map(Vec::len),
+        Some(1)
+    );
+    assert!(p.external.is_empty() && p.nodeports.is_empty());
+    // The ClusterIP keeps its Cluster policy.
+    assert_eq!(
+        p.cluster
+            .get(&vip("10.96.0.10", Protocol::Tcp, 80))
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // No endpoint on this node: outsiders are dropped, pods and the host still get through.
+    let remote = HashMap::from([(
+        web.key.clone(),
+        endpoints("web", &[("10.244.2.5", "node-b", true)]),
+    )]);
+    let p = run(AddressType::V4, &[web], &remote, &config());
+    assert_eq!(p.refused.get(&ext).map(|r| r.0), Some(Refuse::Drop));
+    assert_eq!(
+        p.refused_nodeports
+            .get(&(Protocol::Tcp, 30080))
+            .map(|r| r.0),
+        Some(Refuse::Drop)
+    );
+    assert_eq!(p.external_short.get(&ext).map(Vec::len), Some(1));
+}
