@@ -87,6 +87,10 @@ pub struct Plan {
     /// (masqueraded): every endpoint, as for Cluster, since there is no client address to keep.
     pub external_short: BTreeMap<Vip, Vec<Target>>,
     pub nodeports_short: BTreeMap<NodePort, Vec<Target>>,
+    /// LoadBalancer IPs with `loadBalancerSourceRanges`: new connections from elsewhere are
+    /// dropped before DNAT (NodePorts and external IPs of the same Service are not filtered,
+    /// as upstream).
+    pub firewall: BTreeMap<Vip, Vec<IpNet>>,
     /// Destinations without usable endpoints, with the Service port they belong to.
     pub refused: BTreeMap<Vip, (Refuse, String)>,
     pub refused_nodeports: BTreeMap<NodePort, (Refuse, String)>,
@@ -154,6 +158,12 @@ pub fn plan<'a>(
         };
         p.cluster_ips.insert(cluster_ip);
         let slices = endpoints(key);
+        let ranges: Vec<IpNet> = svc
+            .load_balancer_source_ranges
+            .iter()
+            .copied()
+            .filter(|c| of_family(&c.addr(), family))
+            .collect();
         let externals: Vec<IpAddr> = svc
             .external_ips
             .iter()
@@ -203,6 +213,16 @@ pub fn plan<'a>(
                 .node_port
                 .filter(|_| wants_node_port)
                 .map(|np| (port.protocol, np));
+            if !ranges.is_empty() {
+                for ip in svc
+                    .load_balancer_ips
+                    .iter()
+                    .filter(|ip| of_family(ip, family))
+                {
+                    p.firewall
+                        .insert((*ip, port.protocol, port.port), ranges.clone());
+                }
+            }
             let vips = externals.iter().map(|ip| (*ip, port.protocol, port.port));
             if local_policy {
                 for vip in vips {

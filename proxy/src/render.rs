@@ -121,6 +121,8 @@ pub fn full(plan: &Plan, out: &mut String) {
 
     // Base chains. Numeric priorities: nft before 1.0.7 rejects `dstnat` on the output hook.
     for (name, kind, hook, priority) in [
+        ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
+        ("filter-output-pre-dnat", "filter", "output", -110),
         ("nat-prerouting", "nat", "prerouting", -100),
         ("nat-output", "nat", "output", -100),
         ("nat-postrouting", "nat", "postrouting", 100),
@@ -141,6 +143,7 @@ pub fn full(plan: &Plan, out: &mut String) {
         "service-endpoints-check",
         "nodeport-endpoints-check",
         "cluster-ips-check",
+        "firewall-check",
     ] {
         let _ = writeln!(out, "add chain {f} {TABLE} {name}");
     }
@@ -162,6 +165,14 @@ pub fn full(plan: &Plan, out: &mut String) {
     let _ = writeln!(
         out,
         "add set {f} {TABLE} hairpin-connections {{ type {t} . {t} . inet_proto . inet_service; comment \"a pod reaching itself through a Service\"; }}"
+    );
+    let _ = writeln!(
+        out,
+        "add set {f} {TABLE} firewall-ips {{ type {vip}; comment \"LoadBalancer IPs with source ranges\"; }}"
+    );
+    let _ = writeln!(
+        out,
+        "add set {f} {TABLE} firewall-allow {{ type {vip} . {t}; flags interval; comment \"sources allowed per LoadBalancer IP\"; }}"
     );
     if !plan.service_cidrs.is_empty() {
         let _ = writeln!(
@@ -215,6 +226,16 @@ pub fn full(plan: &Plan, out: &mut String) {
     let rule = |out: &mut String, chain: &str, text: &str| {
         let _ = writeln!(out, "add rule {f} {TABLE} {chain} {text}");
     };
+    rule(
+        out,
+        "filter-prerouting-pre-dnat",
+        "ct state new jump firewall-check",
+    );
+    rule(
+        out,
+        "filter-output-pre-dnat",
+        "ct state new jump firewall-check",
+    );
     rule(out, "nat-prerouting", "jump services");
     rule(out, "nat-output", "jump services");
     rule(out, "nat-postrouting", "jump masquerading");
@@ -233,6 +254,11 @@ pub fn full(plan: &Plan, out: &mut String) {
         rule(out, chain, "ct state new jump cluster-ips-check");
     }
     rule(out, "reject-chain", "reject");
+    rule(
+        out,
+        "firewall-check",
+        &format!("{vip_key} @firewall-ips {vip_key} . {a} saddr != @firewall-allow drop"),
+    );
     rule(
         out,
         "service-endpoints-check",
@@ -355,6 +381,24 @@ pub fn full(plan: &Plan, out: &mut String) {
     // Elements.
     let target = |(ip_, port): &Target| format!("{} . {port}", ip(ip_));
     elements(out, f, "cluster-ips", plan.cluster_ips.iter().map(ip));
+    elements(
+        out,
+        f,
+        "firewall-ips",
+        plan.firewall
+            .keys()
+            .map(|(addr, p, port)| format!("{} . {} . {port}", ip(addr), proto(*p))),
+    );
+    elements(
+        out,
+        f,
+        "firewall-allow",
+        plan.firewall.iter().flat_map(|((addr, p, port), ranges)| {
+            ranges
+                .iter()
+                .map(move |r| format!("{} . {} . {port} . {r}", ip(addr), proto(*p)))
+        }),
+    );
     elements(
         out,
         f,

@@ -321,3 +321,46 @@ fn external_traffic_policy_local_keeps_the_client_address() {
         BTreeMap::from([("pod-b 10.244.3.5".into(), 5)])
     );
 }
+
+/// loadBalancerSourceRanges: new connections to a LoadBalancer IP from outside the ranges are
+/// dropped before DNAT; from inside them they reach the endpoints.
+#[test]
+fn load_balancer_source_ranges_filter_the_load_balancer_ip() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+    let lab = Lab::new();
+    lab.wait_for_servers();
+    let (key, svc) = service("lb", "10.96.0.30", Some(30082));
+    let with_ranges = |ranges: &[&str]| {
+        let svc = Service {
+            type_: ServiceType::LoadBalancer,
+            load_balancer_ips: vec!["198.51.100.7".parse().expect("ip")],
+            load_balancer_source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
+            ..(*svc).clone()
+        };
+        [(key.clone(), Arc::new(svc))]
+    };
+    let eps = HashMap::from([(key.clone(), endpoints(&key, &["10.244.1.5"]))]);
+    lab.nft()
+        .apply(&transaction(&with_ranges(&["192.0.2.0/24"]), &eps))
+        .expect("load rules");
+    assert_eq!(
+        lab.ask_from("ext", "tcp", "198.51.100.7", 80, 3),
+        BTreeMap::from([("pod-a 10.244.1.1".into(), 3)]),
+        "allowed source, masqueraded (externalTrafficPolicy Cluster)"
+    );
+    lab.nft()
+        .apply(&transaction(&with_ranges(&["10.0.0.0/8"]), &eps))
+        .expect("reload rules");
+    assert_eq!(
+        lab.ask_from("ext", "tcp", "198.51.100.7", 80, 1),
+        BTreeMap::from([("timeout".into(), 1)]),
+        "a source outside the ranges is dropped"
+    );
+    // The NodePort of the same Service is not filtered, as upstream.
+    assert_eq!(
+        lab.ask_from("ext", "tcp", "192.0.2.10", 30082, 2),
+        BTreeMap::from([("pod-a 10.244.1.1".into(), 2)])
+    );
+}

@@ -155,6 +155,18 @@ impl Lab {
             "via",
             "192.0.2.1",
         ]);
+        // The external host reaches LoadBalancer IPs (198.51.100.0/24, TEST-NET-2) through the
+        // node, as a load balancer in front of it would.
+        sh(&[
+            "ip",
+            "-n",
+            &ext,
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "192.0.2.10",
+        ]);
         for (i, pod) in ["pod-a", "pod-b", "client"].iter().enumerate() {
             let ns = lab.ns(pod);
             sh(&["ip", "netns", "add", &ns]);
