@@ -364,3 +364,42 @@ fn load_balancer_source_ranges_filter_the_load_balancer_ip() {
         BTreeMap::from([("pod-a 10.244.1.1".into(), 2)])
     );
 }
+
+/// A sync replaces the table in one transaction; connections already going through a Service
+/// keep their conntrack entries (and so their endpoint) across it.
+#[test]
+fn a_sync_keeps_established_flows() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+    let lab = Lab::new();
+    lab.wait_for_servers();
+    let web = service("web", "10.96.0.10", None);
+    let services = [web.clone()];
+    let eps = HashMap::from([(
+        web.0.clone(),
+        endpoints(&web.0, &["10.244.1.5", "10.244.2.5"]),
+    )]);
+    let text = transaction(&services, &eps);
+    lab.nft().apply(&text).expect("load rules");
+    lab.ask("tcp", "10.96.0.10", 80, 5);
+    let count = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("node"),
+                "conntrack",
+                "-L",
+                "-d",
+                "10.96.0.10",
+            ])
+            .output()
+            .expect("conntrack");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = count();
+    assert!(before >= 5, "{before}");
+    lab.nft().apply(&text).expect("the same rules again");
+    assert_eq!(count(), before, "a sync must not drop NAT'd flows");
+}

@@ -2,7 +2,7 @@
 # Builds the pinned etcd and kube-apiserver (and, when asked, kube-controller-manager) from Go
 # modules, once, into a cache outside the repository, and prints the directory holding them.
 #
-#   tests/controlplane/build.sh [kube-controller-manager]
+#   tests/controlplane/build.sh [kube-controller-manager] [kube-proxy]
 #
 # The cache key covers the module files, the main packages, this script and the Go version, so a
 # change to any of them builds afresh next to the old build. SVCPLANE_CACHE_DIR moves the cache
@@ -52,6 +52,7 @@ build kube-apiserver "$here" ./kube-apiserver
 for extra in "$@"; do
     case "$extra" in
         kube-controller-manager) build kube-controller-manager "$here" ./kube-controller-manager ;;
+        kube-proxy) build kube-proxy "$here" ./kube-proxy ;;
         *) echo "build.sh: unknown target $extra" >&2; exit 2 ;;
     esac
 done

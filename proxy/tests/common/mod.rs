@@ -10,6 +10,8 @@ use svcplane_proxy::nft::NftCli;
 
 /// Namespaces and processes of one test; removed on drop.
 pub struct Lab {
+    /// The next unused source port for [`Lab::ask_fresh`].
+    next_port: std::sync::atomic::AtomicU16,
     prefix: String,
     namespaces: Vec<String>,
     servers: Vec<std::process::Child>,
@@ -61,19 +63,29 @@ tcp()
 const CLIENT: &str = r#"
 import socket, sys
 proto, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-sport = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-for _ in range(count):
+# A fixed source port (one flow), or with "+N" every request from its own port N, N+1, ...
+# (never an ephemeral port a finished flow still holds in conntrack).
+arg = sys.argv[5] if len(sys.argv) > 5 else "0"
+step = 1 if arg.startswith("+") else 0
+sport = int(arg.lstrip("+"))
+for i in range(count):
     try:
         if proto == "tcp":
-            s = socket.create_connection((ip, port), timeout=1); print(s.recv(100).decode()); s.close()
+            s = socket.socket(); s.settimeout(1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sport: s.bind(("0.0.0.0", sport + i * step))
+            s.connect((ip, port)); print(s.recv(100).decode()); s.close()
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", sport))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", sport + i * step))
             s.connect((ip, port)); s.send(b"?"); print(s.recv(100).decode()); s.close()
     except ConnectionRefusedError:
         print("refused")
     except OSError as e:
-        print("timeout" if isinstance(e, TimeoutError) or "timed out" in str(e) else "error " + str(e))
+        timeout = isinstance(e, TimeoutError) or "timed out" in str(e)
+        print("timeout" if timeout else "error " + str(e))
+        if timeout:
+            break  # a dropped destination stays dropped; don't wait out every request
 "#;
 
 impl Lab {
@@ -85,6 +97,7 @@ impl Lab {
         let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("svp{}x{n}", std::process::id());
         let mut lab = Lab {
+            next_port: std::sync::atomic::AtomicU16::new(10000),
             prefix: prefix.clone(),
             namespaces: Vec::new(),
             servers: Vec::new(),
@@ -266,6 +279,59 @@ impl Lab {
             .arg(port.to_string())
             .arg(count.to_string())
             .arg(sport.to_string())
+            .output()
+            .expect("client");
+        let mut tally = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            *tally.entry(line.to_owned()).or_insert(0) += 1;
+        }
+        tally
+    }
+
+    /// GET http://127.0.0.1:`port``path` inside the node namespace (an admin or metrics
+    /// endpoint of the proxy running there); empty when nothing answers.
+    pub fn node_http(&self, port: u16, path: &str) -> String {
+        let script = "import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())\nexcept Exception:\n    pass";
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("node"), "python3", "-c", script])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("python3");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like [`Lab::ask_from`], each request from a source port never used before in this lab
+    /// (below the ephemeral range): every request is a new flow for conntrack, whatever flows
+    /// earlier requests left behind.
+    pub fn ask_fresh(
+        &self,
+        from: &str,
+        proto: &str,
+        ip: &str,
+        port: u16,
+        count: u32,
+    ) -> BTreeMap<String, u32> {
+        let first = self
+            .next_port
+            .fetch_add(count as u16, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            first.checked_add(count as u16).is_some_and(|p| p < 32768),
+            "out of fresh ports"
+        );
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(from),
+                "python3",
+                "-c",
+                CLIENT,
+                proto,
+                ip,
+            ])
+            .arg(port.to_string())
+            .arg(count.to_string())
+            .arg(format!("+{first}"))
             .output()
             .expect("client");
         let mut tally = BTreeMap::new();

@@ -22,6 +22,10 @@ impl Binaries {
     pub fn kube_controller_manager(&self) -> PathBuf {
         self.dir.join("kube-controller-manager")
     }
+
+    pub fn kube_proxy(&self) -> PathBuf {
+        self.dir.join("kube-proxy")
+    }
 }
 
 /// The script that builds the binaries, found from this crate's source location.
@@ -41,6 +45,12 @@ pub fn ensure_binaries() -> Result<Binaries> {
 pub fn ensure_binaries_with_controller_manager() -> Result<Binaries> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     cached(&BUILT, &["kube-controller-manager"])
+}
+
+/// Like [`ensure_binaries`], also building kube-proxy (the proxy's upstream peer).
+pub fn ensure_binaries_with_kube_proxy() -> Result<Binaries> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    cached(&BUILT, &["kube-controller-manager", "kube-proxy"])
 }
 
 fn cached(cell: &OnceLock<Result<PathBuf, String>>, extra: &[&str]) -> Result<Binaries> {

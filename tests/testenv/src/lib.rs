@@ -19,6 +19,9 @@ mod process;
 pub mod relay;
 pub mod rng;
 
-pub use binaries::{Binaries, ensure_binaries, ensure_binaries_with_controller_manager};
+pub use binaries::{
+    Binaries, ensure_binaries, ensure_binaries_with_controller_manager,
+    ensure_binaries_with_kube_proxy,
+};
 pub use env::{ControllerManager, Options, TestEnv};
 pub use error::{Error, Result};
