@@ -20,7 +20,7 @@ fn handler() -> &'static Handler {
         for (name, ips, type_, external) in [
             ("web", ClusterIps::Ips(vec!["10.96.0.20".parse().unwrap()]), ServiceType::ClusterIp, None),
             ("db", ClusterIps::Headless, ServiceType::ClusterIp, None),
-            ("ext", ClusterIps::Unset, ServiceType::ExternalName, Some("web.shop.svc.cluster.local".into())),
+            ("ext", ClusterIps::NotSet, ServiceType::ExternalName, Some("web.shop.svc.cluster.local".into())),
         ] {
             let svc = Service {
                 cluster_ips: ips,
