@@ -5,17 +5,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Lab;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use svcplane_testenv::netns::ApiRelay;
 use svcplane_testenv::{TestEnv, kubelet};
 
 struct Proxy(Child);
@@ -93,16 +91,9 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
         .await
         .expect("node");
 
-    let apiserver: SocketAddr = env
-        .server_url()
-        .trim_start_matches("https://")
-        .parse()
-        .expect("apiserver address");
-    let _relay = ApiRelay::start(&lab.ns("node"), 6443, apiserver, env.dir())
-        .await
-        .expect("relay");
+    let _relay = lab.relay_api(&env).await;
     let kubeconfig = env
-        .write_kubeconfig_via("proxy", "127.0.0.1:6443".parse().expect("addr"))
+        .write_kubeconfig_via("proxy", common::API_IN_NODE.parse().expect("addr"))
         .expect("kubeconfig");
     let _proxy = Proxy(
         Command::new("ip")
@@ -130,25 +121,7 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "demo");
     let pp = PostParams::default();
     services
-        .create(
-            &pp,
-            &Service {
-                metadata: ObjectMeta {
-                    name: Some("web".into()),
-                    ..Default::default()
-                },
-                spec: Some(ServiceSpec {
-                    cluster_ip: Some("10.96.0.50".into()),
-                    ports: Some(vec![ServicePort {
-                        name: Some("http".into()),
-                        port: 80,
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
+        .create(&pp, &common::web_service())
         .await
         .expect("service");
 

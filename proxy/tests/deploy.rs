@@ -6,17 +6,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Lab;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use svcplane_testenv::netns::ApiRelay;
 use svcplane_testenv::{TestEnv, kubelet};
 
 const MANIFEST: &str = include_str!("../../deploy/svcplane-proxy.yaml");
@@ -85,19 +83,12 @@ async fn manifests_apply_and_their_arguments_and_rbac_program_a_node() {
     let token = kubelet::service_account_token(&client, "kube-system", "svcplane-proxy")
         .await
         .expect("token");
-    let apiserver: SocketAddr = env
-        .server_url()
-        .trim_start_matches("https://")
-        .parse()
-        .expect("apiserver address");
-    let _relay = ApiRelay::start(&lab.ns("node"), 6443, apiserver, env.dir())
-        .await
-        .expect("relay");
+    let _relay = lab.relay_api(&env).await;
     let kubeconfig = env
         .write_kubeconfig_with_token_via(
             "svcplane-proxy.kubeconfig",
             &token,
-            "127.0.0.1:6443".parse().expect("addr"),
+            common::API_IN_NODE.parse().expect("addr"),
         )
         .expect("kubeconfig");
     // The DaemonSet's arguments as they are (the admin port is the node namespace's own), the
@@ -122,25 +113,7 @@ async fn manifests_apply_and_their_arguments_and_rbac_program_a_node() {
 
     let pp = PostParams::default();
     Api::<Service>::namespaced(client.clone(), "demo")
-        .create(
-            &pp,
-            &Service {
-                metadata: ObjectMeta {
-                    name: Some("web".into()),
-                    ..Default::default()
-                },
-                spec: Some(ServiceSpec {
-                    cluster_ip: Some("10.96.0.50".into()),
-                    ports: Some(vec![ServicePort {
-                        name: Some("http".into()),
-                        port: 80,
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
+        .create(&pp, &common::web_service())
         .await
         .expect("service");
     Api::<EndpointSlice>::namespaced(client.clone(), "demo")

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,18 +56,11 @@ impl Node {
 async fn start(env: &TestEnv, which: &'static str) -> Node {
     let lab = Lab::new();
     lab.wait_for_servers();
-    let apiserver: SocketAddr = env
-        .server_url()
-        .trim_start_matches("https://")
-        .parse()
-        .expect("apiserver address");
-    let relay = ApiRelay::start(&lab.ns("node"), 6443, apiserver, env.dir())
-        .await
-        .expect("relay");
+    let relay = lab.relay_api(env).await;
     let kubeconfig = env
         .write_kubeconfig_via(
             &format!("{which}.kubeconfig"),
-            "127.0.0.1:6443".parse().expect("addr"),
+            common::API_IN_NODE.parse().expect("addr"),
         )
         .expect("kubeconfig");
     let mut cmd = Command::new("ip");

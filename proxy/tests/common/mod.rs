@@ -7,6 +7,32 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
 use svcplane_proxy::nft::NftCli;
+use svcplane_testenv::TestEnv;
+use svcplane_testenv::netns::ApiRelay;
+
+/// Where the API server answers inside a lab's node namespace (see [`Lab::relay_api`]).
+pub const API_IN_NODE: &str = "127.0.0.1:6443";
+
+/// The Service `demo/web` the API-server tests create: ClusterIP 10.96.0.50, port `http` 80.
+pub fn web_service() -> k8s_openapi::api::core::v1::Service {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    Service {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("web".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("10.96.0.50".into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
 
 /// Namespaces and processes of one test; removed on drop.
 pub struct Lab {
@@ -257,67 +283,17 @@ impl Lab {
         self.ask_from("client", proto, ip, port, count)
     }
 
-    /// UDP requests from the client pod, all from source port `sport` (one conntrack flow).
-    pub fn ask_udp_from_port(
-        &self,
-        ip: &str,
-        port: u16,
-        count: u32,
-        sport: u16,
-    ) -> BTreeMap<String, u32> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns("client"),
-                "python3",
-                "-c",
-                CLIENT,
-                "udp",
-                ip,
-            ])
-            .arg(port.to_string())
-            .arg(count.to_string())
-            .arg(sport.to_string())
-            .output()
-            .expect("client");
-        let mut tally = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            *tally.entry(line.to_owned()).or_insert(0) += 1;
-        }
-        tally
-    }
-
-    /// GET http://127.0.0.1:`port``path` inside the node namespace (an admin or metrics
-    /// endpoint of the proxy running there); empty when nothing answers.
-    pub fn node_http(&self, port: u16, path: &str) -> String {
-        let script = "import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())\nexcept Exception:\n    pass";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("node"), "python3", "-c", script])
-            .arg(format!("http://127.0.0.1:{port}{path}"))
-            .output()
-            .expect("python3");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Like [`Lab::ask_from`], each request from a source port never used before in this lab
-    /// (below the ephemeral range): every request is a new flow for conntrack, whatever flows
-    /// earlier requests left behind.
-    pub fn ask_fresh(
+    /// Runs the client in namespace `from`: `count` requests to ip:port over `proto`, the
+    /// source port as `sport` says (see [`CLIENT`]); the answers, tallied.
+    fn client(
         &self,
         from: &str,
         proto: &str,
         ip: &str,
         port: u16,
         count: u32,
+        sport: &str,
     ) -> BTreeMap<String, u32> {
-        let first = self
-            .next_port
-            .fetch_add(count as u16, std::sync::atomic::Ordering::Relaxed);
-        assert!(
-            first.checked_add(count as u16).is_some_and(|p| p < 32768),
-            "out of fresh ports"
-        );
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -331,7 +307,7 @@ impl Lab {
             ])
             .arg(port.to_string())
             .arg(count.to_string())
-            .arg(format!("+{first}"))
+            .arg(sport)
             .output()
             .expect("client");
         let mut tally = BTreeMap::new();
@@ -350,26 +326,70 @@ impl Lab {
         port: u16,
         count: u32,
     ) -> BTreeMap<String, u32> {
+        self.client(from, proto, ip, port, count, "0")
+    }
+
+    /// UDP requests from the client pod, all from source port `sport` (one conntrack flow).
+    pub fn ask_udp_from_port(
+        &self,
+        ip: &str,
+        port: u16,
+        count: u32,
+        sport: u16,
+    ) -> BTreeMap<String, u32> {
+        self.client("client", "udp", ip, port, count, &sport.to_string())
+    }
+
+    /// Like [`Lab::ask_from`], each request from a source port never used before in this lab
+    /// (below the ephemeral range): every request is a new flow for conntrack, whatever flows
+    /// earlier requests left behind.
+    pub fn ask_fresh(
+        &self,
+        from: &str,
+        proto: &str,
+        ip: &str,
+        port: u16,
+        count: u32,
+    ) -> BTreeMap<String, u32> {
+        let n = u16::try_from(count).expect("count");
+        let first = self
+            .next_port
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            first.checked_add(n).is_some_and(|p| p < 32768),
+            "out of fresh ports"
+        );
+        self.client(from, proto, ip, port, count, &format!("+{first}"))
+    }
+
+    /// GET http://127.0.0.1:`port``path` inside the node namespace (an admin or metrics
+    /// endpoint of the proxy running there); empty when nothing answers.
+    pub fn node_http(&self, port: u16, path: &str) -> String {
+        let script = "import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())\nexcept Exception:\n    pass";
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(from),
-                "python3",
-                "-c",
-                CLIENT,
-                proto,
-                ip,
-            ])
-            .arg(port.to_string())
-            .arg(count.to_string())
+            .args(["netns", "exec", &self.ns("node"), "python3", "-c", script])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
             .output()
-            .expect("client");
-        let mut tally = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            *tally.entry(line.to_owned()).or_insert(0) += 1;
-        }
-        tally
+            .expect("python3");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Makes `env`'s API server reachable at [`API_IN_NODE`] inside the node namespace, through
+    /// a unix socket (no IP route out of the namespace). Dropping the relay stops it.
+    pub async fn relay_api(&self, env: &TestEnv) -> ApiRelay {
+        let apiserver: std::net::SocketAddr = env
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .expect("apiserver address");
+        let port = API_IN_NODE
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        ApiRelay::start(&self.ns("node"), port, apiserver, env.dir())
+            .await
+            .expect("relay")
     }
 
     /// Waits until both servers answer directly.
