@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -168,4 +168,40 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
     eventually(&lab, "the address stops answering", |s| {
         !s.keys().any(|k| k.starts_with("pod-"))
     });
+
+    // Every metric exported is listed in docs/proxy.md, and every listed one is exported (the
+    // admin server listens inside the node namespace).
+    let body = lab.node_http(10249, "/metrics");
+    let exported: BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("svcplane_"))
+        .map(str::to_owned)
+        .collect();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/proxy.md"))
+        .expect("docs/proxy.md");
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `svcplane_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("svcplane_{n}"))
+        .collect();
+    // The rejected-objects counter appears once something is rejected (never here).
+    let expected: BTreeSet<String> = documented
+        .iter()
+        .filter(|n| *n != "svcplane_watch_rejected_objects_total")
+        .cloned()
+        .collect();
+    assert!(
+        exported.is_subset(&documented),
+        "undocumented: {:?}",
+        exported.difference(&documented)
+    );
+    assert_eq!(
+        exported,
+        expected,
+        "documented but not exported: {:?}",
+        expected.difference(&exported)
+    );
 }
