@@ -196,12 +196,12 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
     assert!(
         exported.is_subset(&documented),
         "undocumented: {:?}",
-        exported.difference(&documented)
+        exported.difference(&documented).collect::<Vec<_>>()
     );
     assert_eq!(
         exported,
         expected,
         "documented but not exported: {:?}",
-        expected.difference(&exported)
+        expected.difference(&exported).collect::<Vec<_>>()
     );
 }
