@@ -12,7 +12,7 @@ use svcplane_model::{AddressType, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, Service}
 
 use crate::desired::{PortSet, SliceGroups, port_set};
 
-pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+pub use svcplane_model::LABEL_HEADLESS;
 
 /// What to write for one Service.
 #[derive(Debug, Default)]

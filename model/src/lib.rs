@@ -34,6 +34,11 @@ pub use service_cidr::ServiceCidr;
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Label naming the controller that manages an EndpointSlice.
 pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// Label the endpoint controllers put on Endpoints and slices of Services without a cluster IP;
+/// the proxy does not watch such slices.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label that hands a Service to another proxy than the default one.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Label on Nodes naming their zone.
 pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 /// Annotation selecting topology-aware routing on a Service.

@@ -17,8 +17,7 @@ use svcplane_model::{AddressType, ObjectKey, Protocol, Service, ServiceType, Tra
 
 use crate::topology::{NodeFacts, backends, categorize};
 
-/// Label that hands a Service to another proxy (upstream's `service.kubernetes.io/service-proxy-name`).
-pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+pub use svcplane_model::LABEL_SERVICE_PROXY_NAME;
 
 /// Where NodePorts listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +121,7 @@ fn of_family(ip: &IpAddr, family: AddressType) -> bool {
 pub fn plan<'a>(
     family: AddressType,
     services: impl IntoIterator<Item = (&'a ObjectKey, &'a Arc<Service>)>,
-    endpoints: impl Fn(&ObjectKey) -> Option<&'a ServiceEndpoints>,
+    endpoints: impl Fn(&ObjectKey) -> Option<ServiceEndpoints>,
     config: &Config,
 ) -> Plan {
     let mut p = Plan {
@@ -178,9 +177,7 @@ pub fn plan<'a>(
                 format!("{key}:{}", port.name)
             };
             let found = backends(
-                slices
-                    .into_iter()
-                    .flat_map(|e| e.slices.iter().map(|s| &**s)),
+                slices.iter().flat_map(|e| e.slices.iter().map(|s| &**s)),
                 family,
                 &port.name,
                 port.protocol,

@@ -11,7 +11,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice as ApiSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
-use svcplane_model::{AddressType, EndpointSlice, Node, Service, ServiceCidr};
+use svcplane_model::{
+    AddressType, EndpointSlice, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Node, Service,
+    ServiceCidr,
+};
 use svcplane_runtime::{
     AdminArgs, AdminServer, ClientArgs, Health, Informer, LogArgs, WatchMetrics, watch,
 };
@@ -19,7 +22,7 @@ use svcplane_runtime::{
 use crate::conntrack::ConntrackCli;
 use crate::metrics::Metrics;
 use crate::nft::{Nft, NftCli};
-use crate::plan::{LABEL_SERVICE_PROXY_NAME, NodePortAddresses};
+use crate::plan::NodePortAddresses;
 use crate::render;
 use crate::state::{Settings, State};
 
@@ -164,18 +167,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     );
     let mut services: Informer<ApiService, Arc<Service>> = Informer::new(
         "Service",
-        Box::new(|obj: &ApiService| {
-            // Services handed to another proxy are not ours (upstream filters them at the watch).
-            let other = obj
-                .metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME));
-            if other {
-                return Ok(None);
-            }
-            Service::try_from(obj).map(|s| Some(Arc::new(s)))
-        }),
+        Box::new(|obj: &ApiService| Service::try_from(obj).map(|s| Some(Arc::new(s)))),
         watch_metrics.clone(),
     );
     let mut slices: Informer<ApiSlice, Arc<EndpointSlice>> = Informer::new(
@@ -198,16 +190,19 @@ pub async fn run(args: Args) -> Result<(), Error> {
         watch_metrics,
     );
     let node_field = format!("metadata.name={node_name}");
+    // As upstream: Services handed to another proxy, and slices of headless Services, are never
+    // even watched (the plan also skips them, so its rules hold on their own).
+    let not_ours = format!("!{LABEL_SERVICE_PROXY_NAME},!{LABEL_HEADLESS}");
     let streams = vec![
         watch(
             Api::<ApiService>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&not_ours),
         )
         .map(|e| Update::Service(Box::new(e)))
         .boxed(),
         watch(
             Api::<ApiSlice>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&not_ours),
         )
         .map(|e| Update::Slice(Box::new(e)))
         .boxed(),

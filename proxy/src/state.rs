@@ -2,13 +2,12 @@
 //! it into rules. The watches fill the trackers; [`State::sync`] renders both families and
 //! applies them as one transaction, so IPv4 and IPv6 rules change together or not at all.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
-use svcplane_model::tracker::{ChangeTracker, EndpointsTracker, ServiceEndpoints};
+use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
 use svcplane_model::{AddressType, EndpointSlice, Node, ObjectKey, Service, ServiceCidr};
 
 use crate::conntrack::{Conntrack, UdpView};
@@ -34,8 +33,6 @@ pub struct State {
     pub slices: EndpointsTracker<EndpointSlice>,
     pub nodes: ChangeTracker<ObjectKey, Arc<Node>>,
     pub service_cidrs: ChangeTracker<ObjectKey, Arc<ServiceCidr>>,
-    /// Per Service, its endpoints as last applied (the trackers' drains feed it).
-    endpoints: HashMap<ObjectKey, ServiceEndpoints>,
     /// Trigger times of endpoint changes not yet in the rules.
     triggers: Vec<Timestamp>,
     nft: Box<dyn Nft>,
@@ -68,7 +65,6 @@ impl State {
             slices: EndpointsTracker::since(Timestamp::now()),
             nodes: ChangeTracker::new(),
             service_cidrs: ChangeTracker::new(),
-            endpoints: HashMap::new(),
             triggers: Vec::new(),
             nft,
             conntrack,
@@ -113,12 +109,10 @@ impl State {
         self.services.drain();
         self.nodes.drain();
         self.service_cidrs.drain();
+        // The tracker itself holds the current endpoints; the drain hands back what a sync
+        // needs besides: the trigger times it will have programmed.
         for change in self.slices.drain() {
             self.triggers.extend(change.trigger_times);
-            match change.current {
-                Some(eps) => self.endpoints.insert(change.key, eps),
-                None => self.endpoints.remove(&change.key),
-            };
         }
     }
 
@@ -131,7 +125,7 @@ impl State {
             let p = plan::plan(
                 family,
                 self.services.iter(),
-                |k| self.endpoints.get(k),
+                |k| self.slices.endpoints(k),
                 &config,
             );
             render::full(&p, &mut text);

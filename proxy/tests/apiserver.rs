@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use svcplane_testenv::{TestEnv, kubelet};
+use svcplane_testenv::TestEnv;
 
 struct Proxy(Child);
 
@@ -77,19 +77,11 @@ fn eventually(lab: &Lab, what: &str, want: impl Fn(&BTreeMap<String, u32>) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_programs_a_node_from_the_api_server() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
+    common::require_namespaces();
     let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
-    let lab = Lab::new();
-    lab.wait_for_servers();
-    kubelet::create_namespace(&client, "demo")
-        .await
-        .expect("namespace");
-    kubelet::create_node(&client, "node", None, "192.0.2.10".parse().expect("ip"))
-        .await
-        .expect("node");
+    let lab = Lab::ready();
+    common::register_node(&client).await;
 
     let _relay = lab.relay_api(&env).await;
     let kubeconfig = env

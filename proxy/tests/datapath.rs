@@ -115,7 +115,7 @@ fn transaction_and_plan(
     let p = plan(
         AddressType::V4,
         services.iter().map(|(k, s)| (k, s)),
-        |k| eps.get(k),
+        |k| eps.get(k).cloned(),
         &config,
     );
     let mut text = String::new();
@@ -125,11 +125,8 @@ fn transaction_and_plan(
 
 #[test]
 fn cluster_ips_carry_packets_and_refuse_what_they_should() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    common::require_namespaces();
+    let lab = Lab::ready();
     let web = service("web", "10.96.0.10", Some(30080));
     let empty = service("empty", "10.96.0.11", None);
     let mut eps = HashMap::from([(
@@ -218,11 +215,8 @@ fn cluster_ips_carry_packets_and_refuse_what_they_should() {
 /// an endpoint that is still there.
 #[test]
 fn a_udp_flow_moves_when_its_endpoint_goes() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    common::require_namespaces();
+    let lab = Lab::ready();
     let web = service("web", "10.96.0.10", None);
     let services = [web.clone()];
     let both = HashMap::from([(
@@ -270,11 +264,8 @@ fn a_udp_flow_moves_when_its_endpoint_goes() {
 /// the short cut to every endpoint.
 #[test]
 fn external_traffic_policy_local_keeps_the_client_address() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    common::require_namespaces();
+    let lab = Lab::ready();
     let (key, svc) = service("local", "10.96.0.20", Some(30081));
     let svc = Arc::new(Service {
         external_traffic_policy: svcplane_model::TrafficPolicy::Local,
@@ -326,11 +317,8 @@ fn external_traffic_policy_local_keeps_the_client_address() {
 /// dropped before DNAT; from inside them they reach the endpoints.
 #[test]
 fn load_balancer_source_ranges_filter_the_load_balancer_ip() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    common::require_namespaces();
+    let lab = Lab::ready();
     let (key, svc) = service("lb", "10.96.0.30", Some(30082));
     let with_ranges = |ranges: &[&str]| {
         let svc = Service {
@@ -369,11 +357,8 @@ fn load_balancer_source_ranges_filter_the_load_balancer_ip() {
 /// keep their conntrack entries (and so their endpoint) across it.
 #[test]
 fn a_sync_keeps_established_flows() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    common::require_namespaces();
+    let lab = Lab::ready();
     let web = service("web", "10.96.0.10", None);
     let services = [web.clone()];
     let eps = HashMap::from([(

@@ -30,9 +30,7 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_apply_and_their_arguments_and_rbac_program_a_node() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
+    common::require_namespaces();
     let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
     if let Err(error) = kubelet::create_namespace(&client, "kube-system").await {
@@ -72,14 +70,8 @@ async fn manifests_apply_and_their_arguments_and_rbac_program_a_node() {
         .map(|f| f.field_path.clone());
     assert_eq!(node_env.as_deref(), Some("spec.nodeName"));
 
-    let lab = Lab::new();
-    lab.wait_for_servers();
-    kubelet::create_namespace(&client, "demo")
-        .await
-        .expect("namespace");
-    kubelet::create_node(&client, "node", None, "192.0.2.10".parse().expect("ip"))
-        .await
-        .expect("node");
+    let lab = Lab::ready();
+    common::register_node(&client).await;
     let token = kubelet::service_account_token(&client, "kube-system", "svcplane-proxy")
         .await
         .expect("token");

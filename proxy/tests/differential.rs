@@ -17,8 +17,8 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use svcplane_testenv::TestEnv;
 use svcplane_testenv::netns::ApiRelay;
-use svcplane_testenv::{TestEnv, kubelet};
 
 /// A proxy process in a lab's node namespace. Its stdin is kept open: kube-proxy (built with
 /// the test lifeline) exits when it closes.
@@ -54,8 +54,7 @@ impl Node {
 }
 
 async fn start(env: &TestEnv, which: &'static str) -> Node {
-    let lab = Lab::new();
-    lab.wait_for_servers();
+    let lab = Lab::ready();
     let relay = lab.relay_api(env).await;
     let kubeconfig = env
         .write_kubeconfig_via(
@@ -271,17 +270,10 @@ fn slice(name: &str, service: &str, eps: &[(&str, &str, bool)]) -> EndpointSlice
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svcplane_proxy_and_kube_proxy_treat_the_same_traffic_the_same() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
+    common::require_namespaces();
     let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
-    kubelet::create_namespace(&client, "demo")
-        .await
-        .expect("namespace");
-    kubelet::create_node(&client, "node", None, "192.0.2.10".parse().expect("ip"))
-        .await
-        .expect("node");
+    common::register_node(&client).await;
     let nodes = [
         start(&env, "svcplane").await,
         start(&env, "kube-proxy").await,

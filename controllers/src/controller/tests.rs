@@ -98,11 +98,14 @@ fn addresses(f: &Fixture) -> Vec<String> {
         .collect()
 }
 
-/// Regression: a sync interrupted by a lost lease left its key "in progress" in the one
-/// shared queue, so after the lease came back every later add of that key was parked behind
-/// it and the Service was never synced again.
-#[tokio::test]
-async fn a_key_interrupted_by_a_lost_lease_is_synced_in_the_next_term() {
+/// A leading controller whose first Endpoints write (of ns/web) has started and is held
+/// mid-write; then the lease goes. The gate releases held writes.
+async fn leading_with_a_held_write() -> (
+    Fixture,
+    Arc<tokio::sync::Semaphore>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let f = fixture();
     let gate = f.endpoints.hold();
     let (leader, leading) = watch::channel(true);
@@ -110,9 +113,17 @@ async fn a_key_interrupted_by_a_lost_lease_is_synced_in_the_next_term() {
         let c = f.controller.clone();
         tokio::spawn(async move { c.work(leading, std::future::pending()).await })
     };
-    // The Endpoints write of ns/web starts and is held mid-write.
     eventually("the first write to start", || f.endpoints.entered() >= 1).await;
     leader.send_replace(false);
+    (f, gate, leader, work)
+}
+
+/// Regression: a sync interrupted by a lost lease left its key "in progress" in the one
+/// shared queue, so after the lease came back every later add of that key was parked behind
+/// it and the Service was never synced again.
+#[tokio::test]
+async fn a_key_interrupted_by_a_lost_lease_is_synced_in_the_next_term() {
+    let (f, gate, leader, work) = leading_with_a_held_write().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     leader.send_replace(true);
     // The next term syncs the same key again (a second write begins) ...
@@ -129,15 +140,7 @@ async fn a_key_interrupted_by_a_lost_lease_is_synced_in_the_next_term() {
 
 #[tokio::test]
 async fn a_term_that_ends_stops_writing() {
-    let f = fixture();
-    let gate = f.endpoints.hold();
-    let (leader, leading) = watch::channel(true);
-    let work = {
-        let c = f.controller.clone();
-        tokio::spawn(async move { c.work(leading, std::future::pending()).await })
-    };
-    eventually("the first write to start", || f.endpoints.entered() >= 1).await;
-    leader.send_replace(false);
+    let (f, gate, _leader, work) = leading_with_a_held_write().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.add_permits(100);
     // New events while following queue nothing.

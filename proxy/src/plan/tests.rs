@@ -106,7 +106,7 @@ pub(crate) fn run(
     plan(
         family,
         services.iter().map(|(k, s)| (k, s)),
-        |k| eps.get(k),
+        |k| eps.get(k).cloned(),
         config,
     )
 }

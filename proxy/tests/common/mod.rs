@@ -13,6 +13,25 @@ use svcplane_testenv::netns::ApiRelay;
 /// Where the API server answers inside a lab's node namespace (see [`Lab::relay_api`]).
 pub const API_IN_NODE: &str = "127.0.0.1:6443";
 
+/// Fails the test, saying why, when this process cannot make network namespaces and run `nft`
+/// (CI runs as root).
+pub fn require_namespaces() {
+    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+        panic!("this test needs root with `ip netns` and `nft` (CI runs as root): {why}");
+    }
+}
+
+/// What the API-server tests register: namespace `demo`, and Node `node` with the lab node's
+/// uplink address (192.0.2.10) as its InternalIP.
+pub async fn register_node(client: &kube::Client) {
+    svcplane_testenv::kubelet::create_namespace(client, "demo")
+        .await
+        .expect("namespace");
+    svcplane_testenv::kubelet::create_node(client, "node", None, "192.0.2.10".parse().expect("ip"))
+        .await
+        .expect("node");
+}
+
 /// The Service `demo/web` the API-server tests create: ClusterIP 10.96.0.50, port `http` 80.
 pub fn web_service() -> k8s_openapi::api::core::v1::Service {
     use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -267,6 +286,13 @@ impl Lab {
                 .expect("start server");
             lab.servers.push(child);
         }
+        lab
+    }
+
+    /// A new lab whose pod servers already answer.
+    pub fn ready() -> Lab {
+        let lab = Lab::new();
+        lab.wait_for_servers();
         lab
     }
 
