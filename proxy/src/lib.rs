@@ -16,4 +16,5 @@ pub mod plan;
 pub mod render;
 pub mod run;
 pub mod state;
+pub mod table;
 pub mod topology;

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use svcplane_model::tracker::ServiceEndpoints;
-use svcplane_model::{AddressType, ObjectKey, Protocol, Service, ServiceType, TrafficPolicy};
+use svcplane_model::{
+    AddressType, ObjectKey, Protocol, Service, ServiceType, SessionAffinity, TrafficPolicy,
+};
 
 use crate::topology::{NodeFacts, backends, categorize};
 
@@ -66,6 +68,15 @@ pub enum Refuse {
     Drop,
 }
 
+/// ClientIP session affinity of one Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affinity {
+    /// The Service port (`namespace/name:port`), which names the affinity chains and sets.
+    pub port: String,
+    pub protocol: Protocol,
+    pub timeout: u32,
+}
+
 /// One family's ruleset content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -98,6 +109,10 @@ pub struct Plan {
     /// Endpoint . endpoint . protocol . port: a pod reaching itself through a Service is
     /// masqueraded (hairpin).
     pub hairpin: BTreeSet<(IpAddr, Protocol, u16)>,
+    /// Destinations of Services with `sessionAffinity: ClientIP`: a client keeps its endpoint
+    /// for the timeout, whichever of the Service port's addresses it used.
+    pub affinity: BTreeMap<Vip, Affinity>,
+    pub affinity_nodeports: BTreeMap<NodePort, Affinity>,
     pub service_cidrs: Vec<IpNet>,
     pub cluster_cidrs: Vec<IpNet>,
     pub masquerade_all: bool,
@@ -124,7 +139,16 @@ pub fn plan<'a>(
     endpoints: impl Fn(&ObjectKey) -> Option<ServiceEndpoints>,
     config: &Config,
 ) -> Plan {
-    let mut p = Plan {
+    let mut p = globals(family, config);
+    for (key, svc) in services {
+        service(&mut p, family, key, svc, endpoints(key).as_ref(), config);
+    }
+    p
+}
+
+/// A plan holding only what the flags and cluster-wide objects decide.
+pub fn globals(family: AddressType, config: &Config) -> Plan {
+    Plan {
         family: Some(family),
         service_cidrs: config
             .service_cidrs
@@ -142,125 +166,150 @@ pub fn plan<'a>(
         mark: config.mark(),
         nodeport_ips: nodeport_ips(family, config),
         ..Plan::default()
+    }
+}
+
+/// Adds one Service's destinations of `family` to `p`: what [`plan`] does per Service, and what a
+/// partial sync re-plans for the Services that changed.
+pub fn service(
+    p: &mut Plan,
+    family: AddressType,
+    key: &ObjectKey,
+    svc: &Service,
+    slices: Option<&ServiceEndpoints>,
+    config: &Config,
+) {
+    if !proxied(svc) {
+        return;
+    }
+    let Some(cluster_ip) = svc
+        .cluster_ips()
+        .iter()
+        .copied()
+        .find(|ip| of_family(ip, family))
+    else {
+        return;
     };
-    for (key, svc) in services {
-        if !proxied(svc) {
-            continue;
-        }
-        let Some(cluster_ip) = svc
-            .cluster_ips()
-            .iter()
-            .copied()
-            .find(|ip| of_family(ip, family))
-        else {
-            continue;
-        };
-        p.cluster_ips.insert(cluster_ip);
-        let slices = endpoints(key);
-        let ranges: Vec<IpNet> = svc
-            .load_balancer_source_ranges
+    p.cluster_ips.insert(cluster_ip);
+    // Overlapping ranges merged: an interval set refuses overlapping elements.
+    let ranges: Vec<IpNet> = IpNet::aggregate(
+        &svc.load_balancer_source_ranges
             .iter()
             .copied()
             .filter(|c| of_family(&c.addr(), family))
-            .collect();
-        let externals: Vec<IpAddr> = svc
-            .external_ips
-            .iter()
-            .chain(&svc.load_balancer_ips)
-            .copied()
-            .filter(|ip| of_family(ip, family))
-            .collect();
-        for port in &svc.ports {
-            let name = if port.name.is_empty() {
-                format!("{key}")
-            } else {
-                format!("{key}:{}", port.name)
+            .collect(),
+    );
+    let externals: Vec<IpAddr> = svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .copied()
+        .filter(|ip| of_family(ip, family))
+        .collect();
+    for port in &svc.ports {
+        let name = if port.name.is_empty() {
+            format!("{key}")
+        } else {
+            format!("{key}:{}", port.name)
+        };
+        let found = backends(
+            slices.iter().flat_map(|e| e.slices.iter().map(|s| &**s)),
+            family,
+            &port.name,
+            port.protocol,
+            &config.node,
+        );
+        let usable = categorize(&found, &config.node);
+        let refuse = if usable.any {
+            Refuse::Drop
+        } else {
+            Refuse::Reject
+        };
+        for (ip, target_port) in usable.cluster.iter().chain(&usable.local) {
+            p.hairpin.insert((*ip, port.protocol, *target_port));
+        }
+        let internal = match svc.internal_traffic_policy {
+            TrafficPolicy::Local => &usable.local,
+            TrafficPolicy::Cluster => &usable.cluster,
+        };
+        let vip = (cluster_ip, port.protocol, port.port);
+        if let SessionAffinity::ClientIp { timeout_seconds } = svc.session_affinity {
+            let affinity = Affinity {
+                port: name.clone(),
+                protocol: port.protocol,
+                timeout: timeout_seconds,
             };
-            let found = backends(
-                slices.iter().flat_map(|e| e.slices.iter().map(|s| &**s)),
-                family,
-                &port.name,
-                port.protocol,
-                &config.node,
-            );
-            let usable = categorize(&found, &config.node);
-            let refuse = if usable.any {
-                Refuse::Drop
-            } else {
-                Refuse::Reject
-            };
-            for (ip, target_port) in usable.cluster.iter().chain(&usable.local) {
-                p.hairpin.insert((*ip, port.protocol, *target_port));
+            p.affinity.insert(vip, affinity.clone());
+            for ip in &externals {
+                p.affinity
+                    .insert((*ip, port.protocol, port.port), affinity.clone());
             }
-            let internal = match svc.internal_traffic_policy {
-                TrafficPolicy::Local => &usable.local,
-                TrafficPolicy::Cluster => &usable.cluster,
-            };
-            let vip = (cluster_ip, port.protocol, port.port);
-            if internal.is_empty() {
-                p.refused.insert(vip, (refuse, name.clone()));
-            } else {
-                p.cluster.insert(vip, internal.clone());
+            if let Some(np) = port.node_port {
+                p.affinity_nodeports.insert((port.protocol, np), affinity);
             }
-            // External destinations: external IPs, LoadBalancer IPs, the NodePort.
-            let local_policy = svc.external_traffic_policy == TrafficPolicy::Local;
-            let wants_node_port =
-                matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
-            let node_port = port
-                .node_port
-                .filter(|_| wants_node_port)
-                .map(|np| (port.protocol, np));
-            if !ranges.is_empty() {
-                for ip in svc
-                    .load_balancer_ips
-                    .iter()
-                    .filter(|ip| of_family(ip, family))
-                {
-                    p.firewall
-                        .insert((*ip, port.protocol, port.port), ranges.clone());
+        }
+        if internal.is_empty() {
+            p.refused.insert(vip, (refuse, name.clone()));
+        } else {
+            p.cluster.insert(vip, internal.clone());
+        }
+        // External destinations: external IPs, LoadBalancer IPs, the NodePort.
+        let local_policy = svc.external_traffic_policy == TrafficPolicy::Local;
+        let wants_node_port =
+            matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer);
+        let node_port = port
+            .node_port
+            .filter(|_| wants_node_port)
+            .map(|np| (port.protocol, np));
+        if !ranges.is_empty() {
+            for ip in svc
+                .load_balancer_ips
+                .iter()
+                .filter(|ip| of_family(ip, family))
+            {
+                p.firewall
+                    .insert((*ip, port.protocol, port.port), ranges.clone());
+            }
+        }
+        let vips = externals.iter().map(|ip| (*ip, port.protocol, port.port));
+        if local_policy {
+            for vip in vips {
+                if !usable.cluster.is_empty() {
+                    p.external_short.insert(vip, usable.cluster.clone());
+                }
+                if usable.local.is_empty() {
+                    p.refused.insert(vip, (refuse, name.clone()));
+                } else {
+                    p.external_local.insert(vip, usable.local.clone());
                 }
             }
-            let vips = externals.iter().map(|ip| (*ip, port.protocol, port.port));
-            if local_policy {
-                for vip in vips {
-                    if !usable.cluster.is_empty() {
-                        p.external_short.insert(vip, usable.cluster.clone());
-                    }
-                    if usable.local.is_empty() {
-                        p.refused.insert(vip, (refuse, name.clone()));
-                    } else {
-                        p.external_local.insert(vip, usable.local.clone());
-                    }
+            if let Some(key) = node_port {
+                if !usable.cluster.is_empty() {
+                    p.nodeports_short.insert(key, usable.cluster.clone());
                 }
-                if let Some(key) = node_port {
-                    if !usable.cluster.is_empty() {
-                        p.nodeports_short.insert(key, usable.cluster.clone());
-                    }
-                    if usable.local.is_empty() {
-                        p.refused_nodeports.insert(key, (refuse, name.clone()));
-                    } else {
-                        p.nodeports_local.insert(key, usable.local.clone());
-                    }
+                if usable.local.is_empty() {
+                    p.refused_nodeports.insert(key, (refuse, name.clone()));
+                } else {
+                    p.nodeports_local.insert(key, usable.local.clone());
                 }
-            } else {
-                for vip in vips {
-                    if usable.cluster.is_empty() {
-                        p.refused.insert(vip, (refuse, name.clone()));
-                    } else {
-                        p.external.insert(vip, usable.cluster.clone());
-                    }
+            }
+        } else {
+            for vip in vips {
+                if usable.cluster.is_empty() {
+                    p.refused.insert(vip, (refuse, name.clone()));
+                } else {
+                    p.external.insert(vip, usable.cluster.clone());
                 }
-                if let Some(key) = node_port {
-                    if usable.cluster.is_empty() {
-                        p.refused_nodeports.insert(key, (refuse, name.clone()));
-                    } else {
-                        p.nodeports.insert(key, usable.cluster.clone());
-                    }
+            }
+            if let Some(key) = node_port {
+                if usable.cluster.is_empty() {
+                    p.refused_nodeports.insert(key, (refuse, name.clone()));
+                } else {
+                    p.nodeports.insert(key, usable.cluster.clone());
                 }
             }
         }
     }
-    p
 }
 
 /// The addresses NodePorts answer on, or `None` for every local non-loopback address: upstream's

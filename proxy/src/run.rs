@@ -264,7 +264,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             _ = tokio::time::sleep(wait), if synced && (state.pending() > 0 || retry_at.is_some()) => {
                 let started = Instant::now();
                 match state.sync() {
-                    Ok(()) => {
+                    Ok(_) => {
                         if last_sync.is_none() {
                             tracing::info!(took = ?started.elapsed(), "first full sync applied");
                             health.set_ready(true);

@@ -1,21 +1,30 @@
 //! What the proxy knows (Services, endpoints, this Node, ServiceCIDRs) and the sync that turns
-//! it into rules. The watches fill the trackers; [`State::sync`] renders both families and
-//! applies them as one transaction, so IPv4 and IPv6 rules change together or not at all.
+//! it into rules. The watches fill the trackers; [`State::sync`] re-plans the Services that
+//! changed, writes what changed in both families (or both tables whole) and applies that as one
+//! transaction, so IPv4 and IPv6 rules change together or not at all.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
 use svcplane_model::{AddressType, EndpointSlice, Node, ObjectKey, Service, ServiceCidr};
 
-use crate::conntrack::{Conntrack, UdpView};
+use crate::conntrack::{Conntrack, Filter, UdpView};
 use crate::metrics::Metrics;
 use crate::nft::{self, Nft};
-use crate::plan::{self, Config};
+use crate::plan::{self, Config, Plan};
 use crate::render;
+use crate::table::Table;
 use crate::topology::NodeFacts;
+
+const FAMILIES: [AddressType; 2] = [AddressType::V4, AddressType::V6];
+
+/// Even without failures, the tables are rewritten whole this often (as upstream), which
+/// repairs anything else changed in them.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Flags that shape the rules; the rest of [`Config`] comes from the API.
 #[derive(Debug, Clone)]
@@ -37,9 +46,17 @@ pub struct State {
     triggers: Vec<Timestamp>,
     nft: Box<dyn Nft>,
     conntrack: Box<dyn Conntrack>,
-    /// UDP destinations per family as last applied, and as rendered but not yet applied.
-    applied_udp: [UdpView; 2],
-    rendered_udp: [UdpView; 2],
+    /// The tables as last written, IPv4 then IPv6.
+    tables: [Table; 2],
+    /// The configuration the tables were planned with (`None`: nothing planned yet).
+    planned: Option<Config>,
+    /// The next sync replaces the tables whole.
+    force_full: bool,
+    last_full: Option<Instant>,
+    /// UDP destinations per family and Service, as planned.
+    udp: [HashMap<ObjectKey, UdpView>; 2],
+    /// UDP flows to delete once the rules that left them stale are in.
+    stale: BTreeSet<Filter>,
     metrics: Metrics,
 }
 
@@ -68,8 +85,12 @@ impl State {
             triggers: Vec::new(),
             nft,
             conntrack,
-            applied_udp: Default::default(),
-            rendered_udp: Default::default(),
+            tables: FAMILIES.map(Table::new),
+            planned: None,
+            force_full: true,
+            last_full: None,
+            udp: Default::default(),
+            stale: BTreeSet::new(),
             metrics,
         }
     }
@@ -104,60 +125,126 @@ impl State {
         }
     }
 
-    /// Takes what changed into the state the rules are rendered from.
+    /// Takes what changed into the tables: the Services whose own object or endpoints changed
+    /// are re-planned; a change of the Node or the ServiceCIDRs re-plans everything and asks
+    /// for a full sync (as upstream does when the Node's labels change).
     fn take_changes(&mut self) {
-        self.services.drain();
-        self.nodes.drain();
-        self.service_cidrs.drain();
-        // The tracker itself holds the current endpoints; the drain hands back what a sync
-        // needs besides: the trigger times it will have programmed.
+        let mut keys: BTreeSet<ObjectKey> = BTreeSet::new();
+        keys.extend(self.services.drain().into_iter().map(|c| c.key));
         for change in self.slices.drain() {
             self.triggers.extend(change.trigger_times);
+            keys.insert(change.key);
+        }
+        let config_changed = !self.nodes.drain().is_empty()
+            | !self.service_cidrs.drain().is_empty()
+            | self.planned.is_none();
+        if config_changed {
+            self.force_full = true;
+            keys.extend(self.services.iter().map(|(k, _)| k.clone()));
+            for udp in &self.udp {
+                keys.extend(udp.keys().cloned());
+            }
+            let config = self.config();
+            for (table, family) in self.tables.iter_mut().zip(FAMILIES) {
+                table.set_globals(&plan::globals(family, &config));
+            }
+            self.planned = Some(config);
+        }
+        let Some(config) = &self.planned else {
+            return;
+        };
+        for key in keys {
+            let svc = self.services.get(&key);
+            let endpoints = svc.and_then(|_| self.slices.endpoints(&key));
+            for (i, family) in FAMILIES.into_iter().enumerate() {
+                let mut p = Plan {
+                    family: Some(family),
+                    ..Plan::default()
+                };
+                if let Some(svc) = svc {
+                    plan::service(&mut p, family, &key, svc, endpoints.as_ref(), config);
+                }
+                self.tables[i].set(key.clone(), render::fragment(&p));
+                let view = UdpView::of(&p);
+                let before = self.udp[i].remove(&key).unwrap_or_default();
+                self.stale.extend(before.stale(&view));
+                if view != UdpView::default() {
+                    self.udp[i].insert(key.clone(), view);
+                }
+            }
         }
     }
 
-    /// The transaction that makes the rules match the state: both families' tables, replaced.
-    pub fn transaction(&mut self) -> String {
+    /// The transaction that makes the rules match the state, and whether it replaces the
+    /// tables (`full`) or changes them (`partial`). Both families go in one transaction.
+    pub fn transaction(&mut self) -> (String, &'static str) {
         self.take_changes();
-        let config = self.config();
+        let full = self.force_full
+            || self.tables.iter().any(Table::needs_full)
+            || self.last_full.is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
         let mut text = String::new();
-        for (i, family) in [AddressType::V4, AddressType::V6].into_iter().enumerate() {
-            let p = plan::plan(
-                family,
-                self.services.iter(),
-                |k| self.slices.endpoints(k),
-                &config,
-            );
-            render::full(&p, &mut text);
-            self.rendered_udp[i] = UdpView::of(&p);
+        if !full {
+            for table in &self.tables {
+                if table.partial(&mut text).is_none() {
+                    text.clear();
+                    return self.full_transaction();
+                }
+            }
+            return (text, "partial");
         }
-        text
+        self.full_transaction()
     }
 
-    /// Renders and applies everything. On failure the previous rules stay in place and the
-    /// next sync tries again with the whole state.
-    pub fn sync(&mut self) -> Result<(), nft::Error> {
+    fn full_transaction(&mut self) -> (String, &'static str) {
+        let mut text = String::new();
+        for table in &self.tables {
+            table.full(&mut text);
+        }
+        (text, "full")
+    }
+
+    /// Renders and applies what changed (or everything, see [`State::transaction`]). On
+    /// failure the previous rules stay in place and the next sync is a full one.
+    pub fn sync(&mut self) -> Result<&'static str, nft::Error> {
         let started = Instant::now();
-        let text = self.transaction();
+        let (text, kind) = self.transaction();
         self.metrics.services(self.services.len());
+        if kind == "partial" && text.is_empty() {
+            self.finish(kind, started);
+            return Ok(kind);
+        }
         match self.nft.apply(&text) {
             Ok(()) => {
-                self.metrics.synced("full", started.elapsed());
-                let now = Timestamp::now();
-                for t in self.triggers.drain(..) {
-                    if let Ok(took) = std::time::Duration::try_from(now.duration_since(t)) {
-                        self.metrics.programmed(took);
-                    }
+                for table in &mut self.tables {
+                    table.committed();
                 }
-                self.metrics.pending(0);
-                self.clean_conntrack();
-                Ok(())
+                if kind == "full" {
+                    self.force_full = false;
+                    self.last_full = Some(Instant::now());
+                }
+                self.finish(kind, started);
+                Ok(kind)
             }
             Err(error) => {
+                for table in &mut self.tables {
+                    table.failed();
+                }
                 self.metrics.failed();
                 Err(error)
             }
         }
+    }
+
+    fn finish(&mut self, kind: &'static str, started: Instant) {
+        self.metrics.synced(kind, started.elapsed());
+        let now = Timestamp::now();
+        for t in self.triggers.drain(..) {
+            if let Ok(took) = Duration::try_from(now.duration_since(t)) {
+                self.metrics.programmed(took);
+            }
+        }
+        self.metrics.pending(0);
+        self.clean_conntrack();
     }
 }
 
@@ -166,19 +253,15 @@ impl State {
     /// that are gone (or at destinations that were refused). A failure is logged and counted;
     /// the rules are in place regardless, and the flows time out by themselves.
     fn clean_conntrack(&mut self) {
-        let next = std::mem::take(&mut self.rendered_udp);
-        for (before, now) in self.applied_udp.iter().zip(&next) {
-            for filter in before.stale(now) {
-                match self.conntrack.delete(&filter) {
-                    Ok(n) => self.metrics.conntrack_deleted(n),
-                    Err(error) => {
-                        tracing::warn!(%error, "could not delete stale UDP conntrack entries");
-                        self.metrics.conntrack_failed();
-                    }
+        for filter in std::mem::take(&mut self.stale) {
+            match self.conntrack.delete(&filter) {
+                Ok(n) => self.metrics.conntrack_deleted(n),
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete stale UDP conntrack entries");
+                    self.metrics.conntrack_failed();
                 }
             }
         }
-        self.applied_udp = next;
     }
 }
 

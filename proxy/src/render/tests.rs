@@ -25,8 +25,15 @@ fn one_service_golden() {
         ),
     )]);
     let text = render(&run(AddressType::V4, &[web], &eps, &config()));
+    if std::env::var_os("SVCPLANE_BLESS").is_some() {
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/render/golden-one-service.nft"),
+            &text,
+        )
+        .expect("write golden");
+    }
     let golden = include_str!("golden-one-service.nft");
-    assert_eq!(text, golden, "rendered:\n{text}");
+    assert_eq!(text, golden, "rendered:\n{text}\n(SVCPLANE_BLESS=1 rewrites the file)");
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn the_node_supplies_zone_and_nodeport_addresses() {
     };
     s.nodes
         .apply(ObjectKey::new("", "node-a"), Some(Arc::new(node)));
-    let text = s.transaction();
+    let (text, _) = s.transaction();
     assert!(text.contains("add element ip svcplane nodeport-ips { 192.0.2.10 }"));
     assert_eq!(s.config().node.zone.as_deref(), Some("zone-a"));
 }
