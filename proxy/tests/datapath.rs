@@ -388,3 +388,105 @@ fn a_sync_keeps_established_flows() {
     lab.nft().apply(&text).expect("the same rules again");
     assert_eq!(count(), before, "a sync must not drop NAT'd flows");
 }
+
+/// The proxy's own sync (full, then partial) in the lab's node namespace.
+fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
+    use svcplane_proxy::state::{Settings, State};
+    let settings = Settings {
+        node_name: "node".into(),
+        nodeport_addresses: NodePortAddresses::Primary,
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        masquerade_all: false,
+        masquerade_bit: 14,
+    };
+    let metrics =
+        svcplane_proxy::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
+    let mut s = State::new(
+        settings,
+        Box::new(lab.nft()),
+        Box::new(ConntrackCli::in_netns(&lab.ns("node"))),
+        metrics,
+    );
+    let node = svcplane_model::Node {
+        name: "node".into(),
+        zone: None,
+        addresses: vec!["192.0.2.10".parse().expect("ip")],
+        allocatable_cpu_millis: None,
+        ready: true,
+        control_plane: false,
+    };
+    s.nodes
+        .apply(ObjectKey::new("", "node"), Some(Arc::new(node)));
+    s
+}
+
+fn put(
+    s: &mut svcplane_proxy::state::State,
+    svc: &(ObjectKey, Arc<Service>),
+    eps: ServiceEndpoints,
+) {
+    s.services.apply(svc.0.clone(), Some(svc.1.clone()));
+    for slice in eps.slices {
+        s.slices.apply(slice.key.clone(), Some(slice));
+    }
+}
+
+/// The one answer every request got, or a failure listing what they got.
+fn one_answer(tally: &BTreeMap<String, u32>, count: u32) -> String {
+    assert_eq!(
+        tally.len(),
+        1,
+        "every request to the same endpoint: {tally:?}"
+    );
+    let (answer, n) = tally.iter().next().expect("one");
+    assert_eq!(*n, count, "{tally:?}");
+    assert!(answer.starts_with("pod-"), "{tally:?}");
+    answer.clone()
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_endpoint_across_syncs() {
+    common::require_namespaces();
+    let lab = Lab::ready();
+    let mut s = lab_state(&lab);
+    let (key, svc) = service("sticky", "10.96.0.20", Some(30090));
+    let mut svc = (*svc).clone();
+    svc.session_affinity = svcplane_model::SessionAffinity::ClientIp {
+        timeout_seconds: 600,
+    };
+    let sticky = (key.clone(), Arc::new(svc));
+    put(
+        &mut s,
+        &sticky,
+        endpoints(&key, &["10.244.1.5", "10.244.2.5"]),
+    );
+    assert_eq!(s.sync().expect("sync"), "full");
+
+    // New connections from one client, each from its own source port: without affinity 20 of
+    // them land on one endpoint with probability 2^-19.
+    let first = one_answer(&lab.ask_fresh("client", "tcp", "10.96.0.20", 80, 20), 20);
+
+    // A partial sync (another Service) leaves the client sets alone: still the same endpoint.
+    let other = service("other", "10.96.0.21", None);
+    put(&mut s, &other, endpoints(&other.0, &["10.244.1.5"]));
+    assert_eq!(s.sync().expect("sync"), "partial");
+    assert_eq!(
+        one_answer(&lab.ask_fresh("client", "tcp", "10.96.0.20", 80, 10), 10),
+        first
+    );
+
+    // The NodePort from outside shares the Service port's client sets; the outside client
+    // sticks to one endpoint too (masqueraded: the pod sees the node's address on its link).
+    one_answer(&lab.ask_fresh("ext", "tcp", "192.0.2.10", 30090, 10), 10);
+
+    // The client's endpoint leaves: it moves to the other one, and sticks there.
+    let left = if first.starts_with("pod-a") {
+        "10.244.2.5"
+    } else {
+        "10.244.1.5"
+    };
+    put(&mut s, &sticky, endpoints(&key, &[left]));
+    assert_eq!(s.sync().expect("sync"), "partial");
+    let moved = one_answer(&lab.ask_fresh("client", "tcp", "10.96.0.20", 80, 10), 10);
+    assert_ne!(moved, first);
+}
