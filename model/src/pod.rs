@@ -1,5 +1,7 @@
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::jiff::Timestamp;
 
@@ -170,6 +172,8 @@ pub struct Node {
     pub ready: bool,
     /// Labelled `node-role.kubernetes.io/control-plane` (or the older `.../master`).
     pub control_plane: bool,
+    /// `spec.podCIDRs` (or the older `spec.podCIDR`): this node's pod addresses.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 const NODE: &str = "Node";
@@ -215,6 +219,21 @@ impl TryFrom<&core::Node> for Node {
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True");
+        let spec = node.spec.as_ref();
+        let pod_cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                c.parse().map_err(|_| Error::UnknownValue {
+                    kind: NODE,
+                    field: "spec.podCIDRs",
+                    value: c.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(Node {
             name,
             zone,
@@ -222,6 +241,7 @@ impl TryFrom<&core::Node> for Node {
             allocatable_cpu_millis,
             ready,
             control_plane,
+            pod_cidrs,
         })
     }
 }

@@ -32,7 +32,10 @@ fn service(i: u32) -> Arc<Service> {
             node_port: None,
             app_protocol: None,
         }],
-        ..Service::new(ObjectKey::new("bench", format!("svc-{i}")), ServiceType::ClusterIp)
+        ..Service::new(
+            ObjectKey::new("bench", format!("svc-{i}")),
+            ServiceType::ClusterIp,
+        )
     })
 }
 
@@ -80,6 +83,7 @@ fn main() {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
     };
     let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
     let mut state = State::new(

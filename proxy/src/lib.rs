@@ -10,6 +10,7 @@
 //! This crate must never leave a half-programmed node: every change is one atomic transaction.
 
 pub mod conntrack;
+pub mod healthcheck;
 pub mod metrics;
 pub mod nft;
 pub mod plan;

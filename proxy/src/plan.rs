@@ -30,6 +30,33 @@ pub enum NodePortAddresses {
     Cidrs(Vec<IpNet>),
 }
 
+/// How traffic from pods is told apart from other traffic (upstream's `--detect-local-mode`):
+/// pods reach ClusterIPs unmasqueraded and take the short cut to every endpoint of an
+/// externalTrafficPolicy Local Service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DetectLocal {
+    /// Sources inside `--cluster-cidr`.
+    #[default]
+    ClusterCidr,
+    /// Sources inside this node's pod CIDRs (`spec.podCIDRs` of the Node).
+    NodeCidr,
+    /// Packets coming in on this bridge (`--pod-bridge-interface`).
+    Bridge(String),
+    /// Packets coming in on interfaces whose names start with this (`--pod-interface-name-prefix`).
+    InterfacePrefix(String),
+}
+
+/// One family's match for traffic from pods.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Local {
+    /// Nothing to tell pods by (no CIDR of this family): no traffic counts as local.
+    #[default]
+    None,
+    Cidrs(Vec<IpNet>),
+    /// An nft interface name pattern (`br0`, `veth*`).
+    Interface(String),
+}
+
 /// What the rules depend on besides Services and endpoints.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +66,9 @@ pub struct Config {
     pub nodeport_addresses: NodePortAddresses,
     /// Pod CIDRs of the cluster: traffic from elsewhere to a ClusterIP is masqueraded.
     pub cluster_cidrs: Vec<IpNet>,
+    pub detect_local: DetectLocal,
+    /// This node's pod CIDRs, from its Node object.
+    pub node_pod_cidrs: Vec<IpNet>,
     pub masquerade_all: bool,
     /// Bit of the packet mark that asks for masquerading.
     pub masquerade_bit: u8,
@@ -114,7 +144,8 @@ pub struct Plan {
     pub affinity: BTreeMap<Vip, Affinity>,
     pub affinity_nodeports: BTreeMap<NodePort, Affinity>,
     pub service_cidrs: Vec<IpNet>,
-    pub cluster_cidrs: Vec<IpNet>,
+    /// Traffic from pods.
+    pub local: Local,
     pub masquerade_all: bool,
     pub mark: u32,
 }
@@ -156,16 +187,33 @@ pub fn globals(family: AddressType, config: &Config) -> Plan {
             .filter(|c| of_family(&c.addr(), family))
             .copied()
             .collect(),
-        cluster_cidrs: config
-            .cluster_cidrs
-            .iter()
-            .filter(|c| of_family(&c.addr(), family))
-            .copied()
-            .collect(),
+        local: local(family, config),
         masquerade_all: config.masquerade_all,
         mark: config.mark(),
         nodeport_ips: nodeport_ips(family, config),
         ..Plan::default()
+    }
+}
+
+/// The match for traffic from pods in `family`, as `--detect-local-mode` says.
+fn local(family: AddressType, config: &Config) -> Local {
+    let cidrs = |all: &[IpNet]| {
+        let mine: Vec<IpNet> = all
+            .iter()
+            .filter(|c| of_family(&c.addr(), family))
+            .copied()
+            .collect();
+        if mine.is_empty() {
+            Local::None
+        } else {
+            Local::Cidrs(mine)
+        }
+    };
+    match &config.detect_local {
+        DetectLocal::ClusterCidr => cidrs(&config.cluster_cidrs),
+        DetectLocal::NodeCidr => cidrs(&config.node_pod_cidrs),
+        DetectLocal::Bridge(name) => Local::Interface(name.clone()),
+        DetectLocal::InterfacePrefix(prefix) => Local::Interface(format!("{prefix}*")),
     }
 }
 

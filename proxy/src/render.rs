@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use svcplane_model::{AddressType, Protocol};
 
-use crate::plan::{Affinity, Plan, Refuse, Target};
+use crate::plan::{Affinity, Local, Plan, Refuse, Target};
 
 /// The table's name in both families.
 pub const TABLE: &str = "svcplane";
@@ -414,7 +414,7 @@ fn dispatch(
 /// NodePorts answer on listed addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Globals {
-    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    pub local: Local,
     pub masquerade_all: bool,
     pub mark: u32,
     pub nodeport_ips: bool,
@@ -424,7 +424,7 @@ pub struct Globals {
 impl Globals {
     pub fn of(plan: &Plan) -> Self {
         Globals {
-            cluster_cidrs: plan.cluster_cidrs.clone(),
+            local: plan.local.clone(),
             masquerade_all: plan.masquerade_all,
             mark: plan.mark,
             nodeport_ips: plan.nodeport_ips.is_some(),
@@ -569,7 +569,9 @@ pub fn skeleton(family: AddressType, globals: &Globals, present: &[SetName]) -> 
     set(
         "set",
         "firewall-allow",
-        format!("type {vip} . {t}; flags interval; comment \"sources allowed per LoadBalancer IP\";"),
+        format!(
+            "type {vip} . {t}; flags interval; comment \"sources allowed per LoadBalancer IP\";"
+        ),
     );
     set(
         "set",
@@ -590,13 +592,25 @@ pub fn skeleton(family: AddressType, globals: &Globals, present: &[SetName]) -> 
     let mut rule = |chain: &str, text: String| {
         s.rules.entry_or_default(chain).push(text);
     };
-    rule("filter-prerouting-pre-dnat", "ct state new jump firewall-check".into());
-    rule("filter-output-pre-dnat", "ct state new jump firewall-check".into());
+    rule(
+        "filter-prerouting-pre-dnat",
+        "ct state new jump firewall-check".into(),
+    );
+    rule(
+        "filter-output-pre-dnat",
+        "ct state new jump firewall-check".into(),
+    );
     rule("nat-prerouting", "jump services".into());
     rule("nat-output", "jump services".into());
     rule("nat-postrouting", "jump masquerading".into());
-    rule("filter-input", "ct state new jump nodeport-endpoints-check".into());
-    rule("filter-input", "ct state new jump service-endpoints-check".into());
+    rule(
+        "filter-input",
+        "ct state new jump nodeport-endpoints-check".into(),
+    );
+    rule(
+        "filter-input",
+        "ct state new jump service-endpoints-check".into(),
+    );
     for chain in ["filter-forward", "filter-output"] {
         rule(chain, "ct state new jump service-endpoints-check".into());
         rule(chain, "ct state new jump cluster-ips-check".into());
@@ -621,34 +635,48 @@ pub fn skeleton(family: AddressType, globals: &Globals, present: &[SetName]) -> 
         "nodeport-endpoints-check",
         format!("{nodeport_match} {port_key} vmap @no-endpoint-nodeports"),
     );
-    rule("cluster-ips-check", format!("{a} daddr @cluster-ips reject"));
+    rule(
+        "cluster-ips-check",
+        format!("{a} daddr @cluster-ips reject"),
+    );
     if globals.service_cidrs {
-        rule("cluster-ips-check", format!("{a} daddr @service-cidrs drop"));
+        rule(
+            "cluster-ips-check",
+            format!("{a} daddr @service-cidrs drop"),
+        );
     }
 
     // Masquerading: off-cluster sources to ClusterIPs (or everyone with --masquerade-all).
     let set_mark = format!("meta mark set meta mark | {mark:#x}");
-    let cidrs = (!globals.cluster_cidrs.is_empty()).then(|| {
-        let cidrs: Vec<String> = globals
-            .cluster_cidrs
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        format!("{{ {} }}", cidrs.join(", "))
-    });
+    // Traffic from pods (`local`) and from elsewhere (`not_local`), as --detect-local-mode says.
+    let (local, not_local) = match &globals.local {
+        Local::None => (None, None),
+        Local::Cidrs(cidrs) => {
+            let cidrs: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+            let set = format!("{{ {} }}", cidrs.join(", "));
+            (
+                Some(format!("{a} saddr {set}")),
+                Some(format!("{a} saddr != {set}")),
+            )
+        }
+        Local::Interface(pattern) => (
+            Some(format!("iifname \"{pattern}\"")),
+            Some(format!("iifname != \"{pattern}\"")),
+        ),
+    };
     if globals.masquerade_all {
         rule("services", format!("{a} daddr @cluster-ips {set_mark}"));
-    } else if let Some(cidrs) = &cidrs {
+    } else if let Some(not_local) = &not_local {
         rule(
             "services",
-            format!("{a} daddr @cluster-ips {a} saddr != {cidrs} {set_mark}"),
+            format!("{a} daddr @cluster-ips {not_local} {set_mark}"),
         );
     }
     // Dispatch rules, in this order: Cluster-policy destinations; then, for
-    // externalTrafficPolicy Local, the short cut that pods (by --cluster-cidr, not masqueraded)
-    // and the node itself (masqueraded) take to every endpoint, since there is no client address
-    // to keep; then everyone else to this node's endpoints, the client's address kept.
-    let pods = cidrs.map(|c| format!("{a} saddr {c} "));
+    // externalTrafficPolicy Local, the short cut that pods (not masqueraded) and the node
+    // itself (masqueraded) take to every endpoint, since there is no client address to keep;
+    // then everyone else to this node's endpoints, the client's address kept.
+    let pods = local.map(|l| format!("{l} "));
     let host = "fib saddr type local ".to_owned();
     // (kind, source match, masquerade?)
     let mut patterns: Vec<(Kind, String, bool)> = vec![

@@ -22,7 +22,7 @@ use svcplane_runtime::{
 use crate::conntrack::ConntrackCli;
 use crate::metrics::Metrics;
 use crate::nft::{Nft, NftCli};
-use crate::plan::NodePortAddresses;
+use crate::plan::{DetectLocal, NodePortAddresses};
 use crate::render;
 use crate::state::{Settings, State};
 
@@ -33,6 +33,8 @@ pub enum Error {
     NoNodeName,
     #[error("--nodeport-addresses takes CIDRs or `primary`, got {0:?}")]
     NodePortAddresses(String),
+    #[error("--detect-local-mode {0}")]
+    DetectLocal(String),
     #[error("--masquerade-bit must be 0..=31, got {0}")]
     MasqueradeBit(u8),
     #[error(transparent)]
@@ -63,6 +65,21 @@ pub struct Args {
     /// Pod CIDRs of the cluster: traffic to ClusterIPs from elsewhere is masqueraded.
     #[arg(long, env = "SVCPLANE_CLUSTER_CIDR", value_delimiter = ',')]
     pub cluster_cidr: Vec<IpNet>,
+    /// How traffic from pods is recognised: ClusterCIDR (sources in --cluster-cidr), NodeCIDR
+    /// (sources in this Node's spec.podCIDRs), BridgeInterface (--pod-bridge-interface) or
+    /// InterfaceNamePrefix (--pod-interface-name-prefix).
+    #[arg(
+        long,
+        env = "SVCPLANE_DETECT_LOCAL_MODE",
+        default_value = "ClusterCIDR"
+    )]
+    pub detect_local_mode: String,
+    /// The bridge pods are attached to, for --detect-local-mode=BridgeInterface.
+    #[arg(long, env = "SVCPLANE_POD_BRIDGE_INTERFACE")]
+    pub pod_bridge_interface: Option<String>,
+    /// The prefix of pod interface names, for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, env = "SVCPLANE_POD_INTERFACE_NAME_PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
     /// Masquerade all traffic to Service addresses.
     #[arg(long, env = "SVCPLANE_MASQUERADE_ALL", default_value_t = false)]
     pub masquerade_all: bool,
@@ -113,10 +130,41 @@ impl Args {
         if self.masquerade_bit > 31 {
             return Err(Error::MasqueradeBit(self.masquerade_bit));
         }
+        let interface = |name: &Option<String>, flag: &str| match name.as_deref() {
+            Some(n)
+                if !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) =>
+            {
+                Ok(n.to_owned())
+            }
+            Some(n) => Err(Error::DetectLocal(format!(
+                "needs a plain interface name in {flag}, got {n:?}"
+            ))),
+            None => Err(Error::DetectLocal(format!("needs {flag}"))),
+        };
+        let detect_local = match self.detect_local_mode.as_str() {
+            "ClusterCIDR" | "" => DetectLocal::ClusterCidr,
+            "NodeCIDR" => DetectLocal::NodeCidr,
+            "BridgeInterface" => DetectLocal::Bridge(interface(
+                &self.pod_bridge_interface,
+                "--pod-bridge-interface",
+            )?),
+            "InterfaceNamePrefix" => DetectLocal::InterfacePrefix(interface(
+                &self.pod_interface_name_prefix,
+                "--pod-interface-name-prefix",
+            )?),
+            other => {
+                return Err(Error::DetectLocal(format!(
+                    "takes ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix, got {other:?}"
+                )));
+            }
+        };
         Ok(Settings {
             node_name,
             nodeport_addresses,
             cluster_cidrs: self.cluster_cidr.clone(),
+            detect_local,
             masquerade_all: self.masquerade_all,
             masquerade_bit: self.masquerade_bit,
         })

@@ -32,6 +32,7 @@ pub struct Settings {
     pub node_name: String,
     pub nodeport_addresses: plan::NodePortAddresses,
     pub cluster_cidrs: Vec<IpNet>,
+    pub detect_local: plan::DetectLocal,
     pub masquerade_all: bool,
     pub masquerade_bit: u8,
 }
@@ -115,6 +116,8 @@ impl State {
             node_ips: node.map(|n| n.addresses.clone()).unwrap_or_default(),
             nodeport_addresses: self.settings.nodeport_addresses.clone(),
             cluster_cidrs: self.settings.cluster_cidrs.clone(),
+            detect_local: self.settings.detect_local.clone(),
+            node_pod_cidrs: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
             masquerade_all: self.settings.masquerade_all,
             masquerade_bit: self.settings.masquerade_bit,
             service_cidrs: self
@@ -181,7 +184,9 @@ impl State {
         self.take_changes();
         let full = self.force_full
             || self.tables.iter().any(Table::needs_full)
-            || self.last_full.is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
         let mut text = String::new();
         if !full {
             for table in &self.tables {

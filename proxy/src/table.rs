@@ -258,7 +258,8 @@ impl Table {
         // A declaration that changed under one name (a base chain's hook, a set's type) cannot
         // be written as a change; only a full sync is safe.
         let redeclared = |a: &render::Ordered<String>, b: &render::Ordered<String>| {
-            a.iter().any(|(name, decl)| b.get(name).is_some_and(|d| d != decl))
+            a.iter()
+                .any(|(name, decl)| b.get(name).is_some_and(|d| d != decl))
         };
         if redeclared(&before.chains, &now.chains) || redeclared(&before.sets, &now.sets) {
             return None;
@@ -293,7 +294,11 @@ impl Table {
                 write_chain(out, f, chain, rules, existed);
             }
         }
-        for (chain, _) in before.rules.iter().filter(|(c, _)| !now.rules.contains_key(c)) {
+        for (chain, _) in before
+            .rules
+            .iter()
+            .filter(|(c, _)| !now.rules.contains_key(c))
+        {
             let _ = writeln!(out, "flush chain {f} {TABLE} {chain}");
         }
         for (name, old) in &changed_objects {
@@ -322,9 +327,7 @@ impl Table {
             }
             for (k, rest) in new {
                 if !old.iter().any(|(ok, or)| ok == k && or == rest) {
-                    adds.entry(key.0)
-                        .or_default()
-                        .push(format!("{k}{rest}"));
+                    adds.entry(key.0).or_default().push(format!("{k}{rest}"));
                 }
             }
         }
@@ -370,7 +373,11 @@ impl Table {
         }
         for (name, decl) in before.sets.iter() {
             if !now.sets.contains_key(name) {
-                let kind = if decl.starts_with("add map") { "map" } else { "set" };
+                let kind = if decl.starts_with("add map") {
+                    "map"
+                } else {
+                    "set"
+                };
                 let _ = writeln!(out, "delete {kind} {f} {TABLE} {name}");
             }
         }

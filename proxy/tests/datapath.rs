@@ -110,6 +110,8 @@ fn transaction_and_plan(
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
+        node_pod_cidrs: Vec::new(),
         service_cidrs: vec!["10.96.0.0/16".parse().expect("cidr")],
     };
     let p = plan(
@@ -398,6 +400,7 @@ fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
     };
     let metrics =
         svcplane_proxy::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
@@ -414,6 +417,7 @@ fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
         allocatable_cpu_millis: None,
         ready: true,
         control_plane: false,
+        pod_cidrs: Vec::new(),
     };
     s.nodes
         .apply(ObjectKey::new("", "node"), Some(Arc::new(node)));

@@ -56,6 +56,7 @@ fn state(ns: &str) -> State {
         ],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
     };
     let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
     let mut s = State::new(
@@ -74,6 +75,7 @@ fn state(ns: &str) -> State {
         allocatable_cpu_millis: None,
         ready: true,
         control_plane: false,
+        pod_cidrs: Vec::new(),
     };
     s.nodes
         .apply(ObjectKey::new("", "node-a"), Some(Arc::new(node)));
@@ -315,17 +317,26 @@ fn partial_syncs_leave_the_table_a_full_sync_writes() {
     // refused by the kernel and changes nothing; the next sync is a full one and repairs.
     let i = live
         .iter()
-        .position(|l| l.as_ref().is_some_and(|(svc, _)| svc.cluster_ips()[0].is_ipv4()))
+        .position(|l| {
+            l.as_ref()
+                .is_some_and(|(svc, _)| svc.cluster_ips()[0].is_ipv4())
+        })
         .expect("an IPv4 Service");
     let (svc, slices) = live[i].take().expect("live");
     let ip = svc.cluster_ips()[0];
     NftCli::in_netns(&partial_ns)
-        .apply(&format!("delete element ip svcplane cluster-ips {{ {ip} }}\n"))
+        .apply(&format!(
+            "delete element ip svcplane cluster-ips {{ {ip} }}\n"
+        ))
         .expect("tamper");
     let before = listing(&partial_ns, "ip");
     remove(&mut s, &svc, &slices);
     assert!(s.sync().is_err(), "deleting a missing element fails");
-    assert_eq!(listing(&partial_ns, "ip"), before, "a refused transaction changes nothing");
+    assert_eq!(
+        listing(&partial_ns, "ip"),
+        before,
+        "a refused transaction changes nothing"
+    );
     assert_eq!(s.sync().expect("retry"), "full");
     let mut fresh = state(&full_ns);
     for (svc, slices) in live.iter().flatten() {

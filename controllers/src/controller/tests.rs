@@ -62,6 +62,7 @@ fn fixture() -> Fixture {
                 allocatable_cpu_millis: Some(1000),
                 ready: true,
                 control_plane: false,
+                pod_cidrs: Vec::new(),
             })),
         );
         cache.apply_service(web(), Some(Arc::new(service("ns", "web"))));

@@ -328,6 +328,7 @@ fn node(name: &str, zone: Option<&str>, cpu: u64) -> svcplane_model::Node {
         allocatable_cpu_millis: Some(cpu),
         ready: true,
         control_plane: false,
+        pod_cidrs: Vec::new(),
     }
 }
 
@@ -338,6 +339,7 @@ fn zone_ratios_come_from_ready_worker_nodes() {
         node("b", Some("zone-b"), 6000),
         svcplane_model::Node {
             control_plane: true,
+            pod_cidrs: Vec::new(),
             ..node("cp", None, 4000)
         },
         svcplane_model::Node {

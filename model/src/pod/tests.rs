@@ -206,6 +206,31 @@ fn nodes_convert() {
         vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
     );
     assert_eq!(node.allocatable_cpu_millis, Some(3500));
+    assert!(node.pod_cidrs.is_empty());
+
+    // Pod CIDRs: the list, else the older single field; a malformed one is rejected.
+    let mut with_cidrs = raw.clone();
+    with_cidrs.spec = Some(core::NodeSpec {
+        pod_cidr: Some("10.244.1.0/24".into()),
+        pod_cidrs: Some(vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()]),
+        ..Default::default()
+    });
+    let node = Node::try_from(&with_cidrs).expect("valid");
+    assert_eq!(node.pod_cidrs.len(), 2);
+    with_cidrs.spec = Some(core::NodeSpec {
+        pod_cidr: Some("10.244.2.0/24".into()),
+        ..Default::default()
+    });
+    let node = Node::try_from(&with_cidrs).expect("valid");
+    assert_eq!(node.pod_cidrs, vec!["10.244.2.0/24".parse().expect("cidr")]);
+    with_cidrs.spec = Some(core::NodeSpec {
+        pod_cidrs: Some(vec!["10.244.3.0/33".into()]),
+        ..Default::default()
+    });
+    assert_eq!(
+        Node::try_from(&with_cidrs).expect_err("rejected").reason(),
+        "unknown_value"
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub(crate) fn config() -> Config {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
+        node_pod_cidrs: Vec::new(),
         service_cidrs: vec!["10.96.0.0/16".parse().expect("cidr")],
     }
 }

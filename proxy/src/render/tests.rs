@@ -27,13 +27,19 @@ fn one_service_golden() {
     let text = render(&run(AddressType::V4, &[web], &eps, &config()));
     if std::env::var_os("SVCPLANE_BLESS").is_some() {
         std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/src/render/golden-one-service.nft"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/render/golden-one-service.nft"
+            ),
             &text,
         )
         .expect("write golden");
     }
     let golden = include_str!("golden-one-service.nft");
-    assert_eq!(text, golden, "rendered:\n{text}\n(SVCPLANE_BLESS=1 rewrites the file)");
+    assert_eq!(
+        text, golden,
+        "rendered:\n{text}\n(SVCPLANE_BLESS=1 rewrites the file)"
+    );
 }
 
 #[test]
@@ -83,4 +89,27 @@ fn masquerade_all_marks_every_cluster_ip_connection() {
         "add rule ip svcplane services ip daddr @cluster-ips meta mark set meta mark | 0x4000"
     ));
     assert!(!text.contains("saddr != {"));
+}
+
+#[test]
+fn local_traffic_is_told_by_cidr_or_interface_as_the_mode_says() {
+    use crate::plan::DetectLocal;
+    let svc = service("web", &["10.96.0.10"], ServiceType::ClusterIp);
+    let mut c = config();
+    c.detect_local = DetectLocal::InterfacePrefix("veth".into());
+    let text = render(&run(AddressType::V4, &[svc.clone()], &HashMap::new(), &c));
+    assert!(text.contains(
+        "add rule ip svcplane services ip daddr @cluster-ips iifname != \"veth*\" meta mark set meta mark | 0x4000"
+    ), "{text}");
+    c.detect_local = DetectLocal::Bridge("cbr0".into());
+    let text = render(&run(AddressType::V4, &[svc.clone()], &HashMap::new(), &c));
+    assert!(text.contains("iifname != \"cbr0\" meta mark set"), "{text}");
+    // The node's own pod CIDR; none for a family means nothing counts as local there (no
+    // off-cluster masquerade rule), as upstream.
+    c.detect_local = DetectLocal::NodeCidr;
+    c.node_pod_cidrs = vec!["10.244.7.0/24".parse().expect("cidr")];
+    let text = render(&run(AddressType::V4, &[svc.clone()], &HashMap::new(), &c));
+    assert!(text.contains("ip saddr != { 10.244.7.0/24 } meta mark set"), "{text}");
+    let text = render(&run(AddressType::V6, &[svc], &HashMap::new(), &c));
+    assert!(!text.contains("saddr != {"), "{text}");
 }

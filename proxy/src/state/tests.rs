@@ -15,6 +15,7 @@ fn state(nft: &FakeNft) -> State {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         masquerade_all: false,
         masquerade_bit: 14,
+        detect_local: Default::default(),
     };
     let metrics = Metrics::register(&Registry::new()).expect("metrics");
     State::new(
@@ -76,6 +77,7 @@ fn the_node_supplies_zone_and_nodeport_addresses() {
         allocatable_cpu_millis: None,
         ready: true,
         control_plane: false,
+        pod_cidrs: Vec::new(),
     };
     s.nodes
         .apply(ObjectKey::new("", "node-a"), Some(Arc::new(node)));

@@ -52,8 +52,14 @@ fn a_service_added_writes_only_its_elements() {
     t.set(b.key.clone(), fragment_of(&b, &[("10.244.1.6", "n", true)]));
     let text = partial(&t);
     assert!(!text.contains("delete"), "{text}");
-    assert!(!text.contains("add chain") && !text.contains("add rule"), "{text}");
-    assert!(text.contains("add element ip svcplane cluster-ips { 10.96.0.2 }"), "{text}");
+    assert!(
+        !text.contains("add chain") && !text.contains("add rule"),
+        "{text}"
+    );
+    assert!(
+        text.contains("add element ip svcplane cluster-ips { 10.96.0.2 }"),
+        "{text}"
+    );
     assert!(
         text.contains("add element ip svcplane cluster-n1-eps { 10.96.0.2 . tcp . 80 . 0 : 10.244.1.6 . 8080, 10.96.0.2 . udp . 53 . 0 : 10.244.1.6 . 5353 }"),
         "{text}"
@@ -73,7 +79,12 @@ fn an_endpoint_change_replaces_its_bucket_and_a_new_count_gets_its_group() {
     t.set(a.key.clone(), fragment_of(&a, &[("10.244.1.7", "n", true)]));
     let text = partial(&t);
     assert!(text.contains("delete element ip svcplane cluster-n1-eps { 10.96.0.1 . tcp . 80 . 0, 10.96.0.1 . udp . 53 . 0 }"), "{text}");
-    assert!(text.contains("add element ip svcplane cluster-n1-eps { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.7 . 8080"), "{text}");
+    assert!(
+        text.contains(
+            "add element ip svcplane cluster-n1-eps { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.7 . 8080"
+        ),
+        "{text}"
+    );
     assert!(!text.contains("cluster-ips"), "the ClusterIP stays: {text}");
     t.committed();
     // Two endpoints: a new group (set, map, rule in a rewritten services chain), the old one
@@ -95,7 +106,10 @@ fn an_endpoint_change_replaces_its_bucket_and_a_new_count_gets_its_group() {
     let removed_map = at("delete map ip svcplane cluster-n1-eps");
     assert!(declared < flushed && flushed < rule && rule < added && added < removed);
     assert!(added < removed_map);
-    assert!(!text.contains("@cluster-n1 "), "no rule names the emptied group: {text}");
+    assert!(
+        !text.contains("@cluster-n1 "),
+        "no rule names the emptied group: {text}"
+    );
 }
 
 #[test]
@@ -108,14 +122,26 @@ fn a_key_claimed_twice_is_written_once_and_handed_over() {
     t.set(b.key.clone(), fragment_of(&b, &[("10.244.2.1", "n", true)]));
     t.set(a.key.clone(), fragment_of(&a, &[("10.244.1.1", "n", true)]));
     let text = full(&t);
-    assert!(text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.1.1 . 8080"), "a (the lower key) wins: {text}");
-    assert!(!text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.2.1"), "{text}");
+    assert!(
+        text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.1.1 . 8080"),
+        "a (the lower key) wins: {text}"
+    );
+    assert!(
+        !text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.2.1"),
+        "{text}"
+    );
     t.committed();
     t.set(a.key.clone(), Fragment::default());
     let text = partial(&t);
     assert!(text.contains("delete element ip svcplane external-n1-eps { 192.0.2.100 . tcp . 80 . 0, 192.0.2.100 . udp . 53 . 0 }"), "{text}");
-    assert!(text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.2.1 . 8080"), "b takes over: {text}");
-    assert!(!text.contains("delete element ip svcplane external-n1 {"), "the key stays in the group: {text}");
+    assert!(
+        text.contains("192.0.2.100 . tcp . 80 . 0 : 10.244.2.1 . 8080"),
+        "b takes over: {text}"
+    );
+    assert!(
+        !text.contains("delete element ip svcplane external-n1 {"),
+        "the key stays in the group: {text}"
+    );
 }
 
 #[test]
@@ -149,15 +175,27 @@ fn affinity_gets_chains_and_client_sets_that_partial_syncs_leave_alone() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
     }
-    assert!(!text.contains("cluster-n2"), "affinity destinations skip the groups: {text}");
+    assert!(
+        !text.contains("cluster-n2"),
+        "affinity destinations skip the groups: {text}"
+    );
     t.committed();
     // An endpoint goes: its client set and chain go after the chains that named them; the
     // other endpoint's client set is not touched (its clients keep their endpoint).
     t.set(a.key.clone(), fragment_of(&a, &two[..1]));
     let text = partial(&t);
-    assert!(text.contains("flush chain ip svcplane aff-ns/a_http-cluster\n"), "{text}");
-    assert!(text.contains("delete chain ip svcplane aff-ns/a_http-10.244.1.6-8080\n"), "{text}");
-    assert!(text.contains("delete set ip svcplane aff-ns/a_http-10.244.1.6-8080-60s\n"), "{text}");
+    assert!(
+        text.contains("flush chain ip svcplane aff-ns/a_http-cluster\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete chain ip svcplane aff-ns/a_http-10.244.1.6-8080\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete set ip svcplane aff-ns/a_http-10.244.1.6-8080-60s\n"),
+        "{text}"
+    );
     assert!(!text.contains("10.244.1.5-8080-60s {"), "kept: {text}");
     assert!(
         text.find("flush chain ip svcplane aff-ns/a_http-cluster")
@@ -168,6 +206,12 @@ fn affinity_gets_chains_and_client_sets_that_partial_syncs_leave_alone() {
     // The Service goes: everything of it goes.
     t.set(a.key.clone(), Fragment::default());
     let text = partial(&t);
-    assert!(text.contains("delete chain ip svcplane aff-ns/a_http-cluster\n"), "{text}");
-    assert!(text.contains("delete element ip svcplane cluster-affinity {"), "{text}");
+    assert!(
+        text.contains("delete chain ip svcplane aff-ns/a_http-cluster\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delete element ip svcplane cluster-affinity {"),
+        "{text}"
+    );
 }

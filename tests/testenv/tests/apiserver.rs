@@ -228,6 +228,7 @@ async fn nodes_and_pods_take_the_kubelets_part() {
             allocatable_cpu_millis: Some(4000),
             ready: true,
             control_plane: false,
+            pod_cidrs: Vec::new(),
         }
     );
 

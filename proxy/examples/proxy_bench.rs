@@ -1,0 +1,946 @@
+//! The driver of `bench/proxy.sh`: svcplane-proxy against kube-proxy (nftables mode, built from
+//! the pinned Kubernetes module) on one kube-apiserver holding `--services` ClusterIP Services
+//! in one namespace, each with one TCP port and one EndpointSlice of two ready endpoints. Each
+//! proxy runs alone, pinned to CPU 1, in a fresh node network namespace that reaches the API
+//! server through a unix-socket relay, with `--min-sync-period` 0 (kube-proxy has no such flag:
+//! in nftables mode `--iptables-min-sync-period` sets it). For each:
+//!
+//! 1. first full sync: from the process start until the kernel's rules hold the last populated
+//!    Service (`nft get element ip <table> cluster-ips { <its ClusterIP> }`, which both proxies'
+//!    layouts have, polled every 20 ms; the first full sync is one transaction, so that one
+//!    Service stands for all), and the proxy's own full-sync metric for it. No `nft monitor`
+//!    runs yet: every object of a large commit would be sent to it, slowing the commit.
+//! 2. `--adds` Services added one at a time on top, their slice first, 1.6 s apart: from the
+//!    create returning until the transaction naming the ClusterIP is committed, seen by
+//!    `nft monitor` in the node namespace (a transaction is stamped with the arrival of its first
+//!    line; notifications go out once the kernel has committed it);
+//! 3. `--changes` endpoint changes, one at a time: one address of a random Service's slice
+//!    replaced by a fresh one from 10.200.0.0/16; until a committed transaction names it;
+//! 4. VmRSS and VmHWM after the full sync and at the end; the lines of its IPv4 table.
+//!
+//! Prints `proxy key value` lines on stdout, which `bench/proxy.sh` turns into Markdown; progress
+//! and diagnostics on stderr. Traffic stays on loopback and in the namespaces made here, which are
+//! deleted on exit (the shell script deletes leftovers of a killed run by their name prefix).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::{TryStreamExt as _, stream};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use svcplane_model::{ANNOTATION_LAST_CHANGE_TRIGGER_TIME, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
+use svcplane_testenv::TestEnv;
+use svcplane_testenv::netns::ApiRelay;
+use svcplane_testenv::rng::Rng;
+use tokio::sync::mpsc;
+
+const NAMESPACE: &str = "bench";
+const NODE: &str = "node";
+const NODE_IP: &str = "192.0.2.10";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Where the API server answers inside a node namespace (through the relay).
+const API_PORT: u16 = 6443;
+/// Both proxies' metrics, on 127.0.0.1 inside their namespace.
+const METRICS_PORT: u16 = 10249;
+/// Between two added Services: longer than either proxy's default min-sync-period (1 s).
+const ADD_SPACING: Duration = Duration::from_millis(1600);
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The svcplane-proxy binary.
+    #[arg(long)]
+    svcplane_proxy: PathBuf,
+    /// The kube-proxy binary (tests/controlplane/build.sh kube-proxy).
+    #[arg(long)]
+    kube_proxy: PathBuf,
+    /// Directory for the proxies' logs.
+    #[arg(long)]
+    work: PathBuf,
+    /// Prefix of the network namespaces' names.
+    #[arg(long, default_value = "svpbench")]
+    netns_prefix: String,
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    #[arg(long, default_value_t = 20)]
+    adds: usize,
+    #[arg(long, default_value_t = 1000)]
+    changes: usize,
+    /// Which proxies to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "svcplane,kube-proxy"
+    )]
+    proxies: Vec<Proxy>,
+    /// Longest wait for one add or change to show up in the kernel; longer counts as a miss.
+    #[arg(long, default_value_t = 10)]
+    timeout_seconds: u64,
+    /// The changes phase stops after this many misses.
+    #[arg(long, default_value_t = 20)]
+    max_misses: usize,
+    /// Longest wait for a proxy's first full sync.
+    #[arg(long, default_value_t = 900)]
+    full_sync_timeout_seconds: u64,
+    /// API requests in flight while populating.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Proxy {
+    Svcplane,
+    KubeProxy,
+}
+
+impl Proxy {
+    fn name(self) -> &'static str {
+        match self {
+            Proxy::Svcplane => "svcplane",
+            Proxy::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// Its IPv4 table (`table ip <name>`).
+    fn table(self) -> &'static str {
+        match self {
+            Proxy::Svcplane => "svcplane",
+            Proxy::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// A set of ClusterIPs in its IPv4 table (both proxies name it so).
+    const CLUSTER_IPS_SET: &'static str = "cluster-ips";
+
+    /// What /proc/<pid>/comm says once `ip netns exec` and `taskset` have exec'd it.
+    fn comm(self) -> &'static str {
+        match self {
+            Proxy::Svcplane => "svcplane-proxy",
+            Proxy::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// The histograms (name, label selecting IPv4 or the kind) of its full and partial syncs.
+    fn sync_metrics(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Proxy::Svcplane => [
+                ("svcplane_proxy_sync_duration_seconds", "kind=\"full\""),
+                ("svcplane_proxy_sync_duration_seconds", "kind=\"partial\""),
+            ],
+            Proxy::KubeProxy => [
+                (
+                    "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                    "ip_family=\"IPv4\"",
+                ),
+                (
+                    "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                    "ip_family=\"IPv4\"",
+                ),
+            ],
+        }
+    }
+}
+
+/// One result line: `proxy key value`.
+fn report(proxy: Proxy, key: &str, value: f64) {
+    println!("{} {key} {value}", proxy.name());
+}
+
+/// A child process, killed when dropped.
+struct Spawned {
+    child: Child,
+    /// kube-proxy (built with the lifeline) exits when this closes, even if we are killed.
+    _stdin: Option<ChildStdin>,
+    log: Option<PathBuf>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Spawned {
+    /// An error with the end of its log if it has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let tail = self
+                .log
+                .as_deref()
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .map(|text| {
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                })
+                .unwrap_or_default();
+            bail!("process exited ({status}):\n{tail}");
+        }
+        Ok(())
+    }
+}
+
+/// A node network namespace with loopback and an uplink holding the Node's address (one end of
+/// a veth pair whose other end stays in the namespace too); deleted when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+impl Netns {
+    async fn create(name: String) -> anyhow::Result<Self> {
+        run(tokio::process::Command::new("ip").args(["netns", "add", &name])).await?;
+        let ns = Netns(name);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            // No dummy links on every kernel: a veth pair with both ends in the namespace.
+            &[
+                "link",
+                "add",
+                "uplink",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink-peer",
+            ],
+            &["addr", "add", &format!("{NODE_IP}/24"), "dev", "uplink"],
+            &["link", "set", "uplink", "up"],
+            &["link", "set", "uplink-peer", "up"],
+        ] {
+            run(tokio::process::Command::new("ip")
+                .args(["-n", &ns.0])
+                .args(args))
+            .await?;
+        }
+        Ok(ns)
+    }
+
+    /// `program` inside the namespace, pinned to CPU 0 (the proxy has CPU 1).
+    fn on_cpu0(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.0, "taskset", "-c", "0", program]);
+        cmd
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{METRICS_PORT}/metrics");
+        run(self
+            .on_cpu0("curl")
+            .args(["-sf", "--noproxy", "*", "--max-time", "5", &url]))
+        .await
+    }
+}
+
+/// Runs a command to the end; its stdout, or an error with its stderr.
+async fn run(cmd: &mut tokio::process::Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A histogram's sum and count.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hist {
+    sum: f64,
+    count: f64,
+}
+
+impl Hist {
+    fn minus(self, before: Hist) -> Hist {
+        Hist {
+            sum: self.sum - before.sum,
+            count: self.count - before.count,
+        }
+    }
+}
+
+/// Full and partial syncs as the proxy counts them.
+#[derive(Debug, Default, Clone, Copy)]
+struct SyncStats {
+    full: Hist,
+    partial: Hist,
+}
+
+/// A sample's value from Prometheus text: `name` with a label set containing `label`.
+fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (labels, value) = rest.strip_prefix('{')?.split_once('}')?;
+        labels
+            .split(',')
+            .any(|l| l == label)
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+fn sync_stats(proxy: Proxy, text: &str) -> SyncStats {
+    let hist = |(name, label): (&str, &str)| Hist {
+        sum: sample(text, &format!("{name}_sum"), label).unwrap_or(0.0),
+        count: sample(text, &format!("{name}_count"), label).unwrap_or(0.0),
+    };
+    let [full, partial] = proxy.sync_metrics();
+    SyncStats {
+        full: hist(full),
+        partial: hist(partial),
+    }
+}
+
+/// Reports the mean duration and count of the syncs a phase caused, per kind.
+fn report_syncs(proxy: Proxy, phase: &str, before: SyncStats, after: SyncStats) {
+    for (kind, h) in [
+        ("full", after.full.minus(before.full)),
+        ("partial", after.partial.minus(before.partial)),
+    ] {
+        report(proxy, &format!("{phase}_{kind}_syncs"), h.count);
+        if h.count > 0.0 {
+            report(proxy, &format!("{phase}_{kind}_ms"), h.sum / h.count * 1e3);
+        }
+    }
+}
+
+/// VmRSS and VmHWM in MiB.
+fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// One committed transaction as `nft monitor` printed it, stamped with its first line's arrival.
+struct Txn {
+    at: Instant,
+    lines: Vec<String>,
+}
+
+/// `nft monitor` in a namespace; its transactions arrive on a channel.
+struct Monitor {
+    _process: Spawned,
+    txns: mpsc::UnboundedReceiver<Txn>,
+}
+
+impl Monitor {
+    /// Starts it and returns once it reports a transaction of our own.
+    async fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns.0, "taskset", "-c", "0", "nft", "monitor",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("nft monitor")?;
+        let stdout = child.stdout.take().context("nft monitor stdout")?;
+        let process = Spawned {
+            child,
+            _stdin: None,
+            log: None,
+        };
+        let (tx, txns) = mpsc::unbounded_channel();
+        // A thread of its own, so a line is stamped when it arrives, not when a task gets to it.
+        std::thread::spawn(move || {
+            let mut current: Option<Txn> = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let now = Instant::now();
+                // Every transaction ends with "# new generation N by process P (nft)".
+                let end = line.starts_with("# new generation");
+                current
+                    .get_or_insert_with(|| Txn {
+                        at: now,
+                        lines: Vec::new(),
+                    })
+                    .lines
+                    .push(line);
+                if end
+                    && let Some(txn) = current.take()
+                    && tx.send(txn).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut monitor = Monitor {
+            _process: process,
+            txns,
+        };
+        let probe = "svcplane-bench-probe";
+        for _ in 0..50 {
+            run(ns.on_cpu0("nft").args(["add", "table", "ip", probe])).await?;
+            let seen = monitor
+                .wait_for(Duration::from_millis(200), |l| l.contains(probe))
+                .await?;
+            run(ns.on_cpu0("nft").args(["delete", "table", "ip", probe])).await?;
+            if seen.is_some() {
+                monitor
+                    .wait_for(Duration::from_secs(2), |l| l.contains(probe))
+                    .await?;
+                return Ok(monitor);
+            }
+        }
+        bail!("nft monitor in {} reported nothing", ns.0)
+    }
+
+    /// The arrival of the first transaction, from now on, with a line for which `names` holds;
+    /// None after `timeout`.
+    async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        names: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Option<Instant>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.txns.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => bail!("nft monitor stopped"),
+                Ok(Some(txn)) if txn.lines.iter().any(|l| names(l)) => return Ok(Some(txn.at)),
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
+    /// Forgets transactions reported so far.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        loop {
+            match self.txns.try_recv() {
+                Ok(_) => {}
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => bail!("nft monitor stopped"),
+            }
+        }
+    }
+
+    /// Waits until no transaction has come for `quiet`, at most `timeout`.
+    async fn settle(&mut self, quiet: Duration, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.wait_for(quiet, |_| true).await?.is_none() {
+                return Ok(());
+            }
+        }
+        bail!("the proxy kept committing transactions for {timeout:?}")
+    }
+}
+
+/// Whether `line` names `ip` (not as part of a longer address).
+fn names_ip(line: &str, ip: &str) -> bool {
+    line.match_indices(ip).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + ip.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+            && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// Milliseconds from `from` to `to`, negative when `to` came first.
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1e3
+    } else {
+        -((from - to).as_secs_f64() * 1e3)
+    }
+}
+
+/// The nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `n`th address of a pool starting at `base`.
+fn pool_ip(base: Ipv4Addr, n: usize) -> anyhow::Result<Ipv4Addr> {
+    let n = u32::try_from(n)?;
+    Ok(Ipv4Addr::from(
+        u32::from(base).checked_add(n).context("pool exhausted")?,
+    ))
+}
+
+fn service(name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::Int(8080)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn endpoint(ip: Ipv4Addr, worker: usize) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.to_string()],
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
+        node_name: Some(format!("worker-{worker}")),
+        ..Default::default()
+    }
+}
+
+/// The slice of Service `service` (named after it), as an endpoint controller would write it.
+fn slice(service: &str, ips: [Ipv4Addr; 2], worker: usize) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(service.into()),
+            labels: Some(BTreeMap::from([
+                (LABEL_SERVICE_NAME.to_owned(), service.to_owned()),
+                (LABEL_MANAGED_BY.to_owned(), "bench.svcplane.dev".to_owned()),
+            ])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            ips.iter()
+                .enumerate()
+                .map(|(e, ip)| endpoint(*ip, worker + e))
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            app_protocol: None,
+        }]),
+    }
+}
+
+struct Bench {
+    args: Args,
+    env: TestEnv,
+    client: kube::Client,
+    /// Each populated Service's two endpoint addresses, as the API server has them now.
+    endpoints: Vec<[Ipv4Addr; 2]>,
+    rng: Rng,
+    /// The ClusterIP of the last populated Service.
+    probe_ip: String,
+    /// Addresses handed out so far from the change and add pools.
+    changed: usize,
+    added: usize,
+}
+
+impl Bench {
+    async fn populate(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        svcplane_testenv::kubelet::create_namespace(&self.client, NAMESPACE).await?;
+        svcplane_testenv::kubelet::create_node(&self.client, NODE, None, NODE_IP.parse()?).await?;
+        let base = Ipv4Addr::new(10, 128, 0, 0);
+        self.endpoints = (0..self.args.services)
+            .map(|i| Ok([pool_ip(base, 2 * i)?, pool_ip(base, 2 * i + 1)?]))
+            .collect::<anyhow::Result<_>>()?;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
+        stream::iter(
+            self.endpoints
+                .iter()
+                .enumerate()
+                .map(Ok::<_, anyhow::Error>),
+        )
+        .try_for_each_concurrent(self.args.concurrency, |(i, ips)| {
+            let (services, slices) = (services.clone(), slices.clone());
+            async move {
+                let name = format!("svc-{i}");
+                let pp = PostParams::default();
+                services.create(&pp, &service(&name)).await?;
+                slices.create(&pp, &slice(&name, *ips, i % 50)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        let last = services
+            .get(&format!("svc-{}", self.args.services - 1))
+            .await?;
+        self.probe_ip = last
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("a populated Service has no ClusterIP")?;
+        eprintln!(
+            "populated {} Services with 2 endpoints each in {:.1}s",
+            self.args.services,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn start_proxy(&self, proxy: Proxy, ns: &Netns, kubeconfig: &Path) -> anyhow::Result<Spawned> {
+        let log = self.args.work.join(format!("{}.log", proxy.name()));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0, "taskset", "-c", "1"]);
+        match proxy {
+            Proxy::Svcplane => {
+                cmd.arg(&self.args.svcplane_proxy).args([
+                    format!("--hostname-override={NODE}"),
+                    format!("--cluster-cidr={CLUSTER_CIDR}"),
+                    format!("--admin-addr=127.0.0.1:{METRICS_PORT}"),
+                    "--min-sync-period=0s".into(),
+                ]);
+            }
+            Proxy::KubeProxy => {
+                cmd.arg(&self.args.kube_proxy)
+                    .args([
+                        "--proxy-mode=nftables".into(),
+                        format!("--hostname-override={NODE}"),
+                        format!("--cluster-cidr={CLUSTER_CIDR}"),
+                        format!("--metrics-bind-address=127.0.0.1:{METRICS_PORT}"),
+                        "--healthz-bind-address=127.0.0.1:10256".into(),
+                        // There is no --min-sync-period flag; outside IPVS mode this one sets it.
+                        "--iptables-min-sync-period=0s".into(),
+                        // Leave the machine's conntrack sysctls alone.
+                        "--conntrack-max-per-core=0".into(),
+                        "--conntrack-tcp-timeout-established=0".into(),
+                        "--conntrack-tcp-timeout-close-wait=0".into(),
+                    ])
+                    .env("SVCPLANE_LIFELINE", "stdin");
+            }
+        }
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()));
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", proxy.name()))?;
+        let stdin = child.stdin.take();
+        Ok(Spawned {
+            child,
+            _stdin: stdin,
+            log: Some(log),
+        })
+    }
+
+    async fn run_proxy(&mut self, proxy: Proxy) -> anyhow::Result<()> {
+        let name = proxy.name();
+        // Dropped last: after the processes in it.
+        let ns = Netns::create(format!("{}-{name}", self.args.netns_prefix)).await?;
+        let apiserver: SocketAddr = self
+            .env
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .context("API server address")?;
+        let _relay = ApiRelay::start(&ns.0, API_PORT, apiserver, self.env.dir()).await?;
+        let kubeconfig = self.env.write_kubeconfig_via(
+            &format!("{name}.kubeconfig"),
+            SocketAddr::from(([127, 0, 0, 1], API_PORT)),
+        )?;
+
+        // 1. First full sync.
+        let started = Instant::now();
+        let mut process = self.start_proxy(proxy, &ns, &kubeconfig)?;
+        let pid = process.child.id();
+        let element = format!("{{ {} }}", self.probe_ip);
+        let deadline = started + Duration::from_secs(self.args.full_sync_timeout_seconds);
+        let committed = loop {
+            // Fails until the table, the set and the element are there.
+            let found = ns
+                .on_cpu0("nft")
+                .args(["get", "element", "ip", proxy.table()])
+                .args([Proxy::CLUSTER_IPS_SET, &element])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await?
+                .success();
+            if found {
+                break Instant::now();
+            }
+            process.check_running().context(name)?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{name}: set {} of table ip {} did not hold {} within {}s",
+                    Proxy::CLUSTER_IPS_SET,
+                    proxy.table(),
+                    self.probe_ip,
+                    self.args.full_sync_timeout_seconds
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        report(
+            proxy,
+            "full_sync_wall_s",
+            (committed - started).as_secs_f64(),
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+        if comm.trim() != proxy.comm() {
+            bail!("process {pid} is {comm:?}, not {}", proxy.comm());
+        }
+        // Its own metric is observed just after the commit.
+        let mut stats = SyncStats::default();
+        for _ in 0..100 {
+            if let Ok(text) = ns.metrics().await {
+                stats = sync_stats(proxy, &text);
+                if stats.full.count >= 1.0 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if stats.full.count < 1.0 {
+            bail!("{name}: its metrics never showed a full sync");
+        }
+        report(
+            proxy,
+            "full_sync_metric_s",
+            stats.full.sum / stats.full.count,
+        );
+        report(proxy, "full_sync_metric_count", stats.full.count);
+        // Late events and their syncs, then quiet.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        process.check_running().context(name)?;
+        let (rss, hwm) = memory(pid)?;
+        report(proxy, "rss_sync_mib", rss);
+        report(proxy, "hwm_sync_mib", hwm);
+        let table = run(ns
+            .on_cpu0("nft")
+            .args(["list", "table", "ip", proxy.table()]))
+        .await?;
+        report(proxy, "ruleset_lines", table.lines().count() as f64);
+        drop(table);
+
+        let mut monitor = Monitor::start(&ns).await?;
+        monitor
+            .settle(Duration::from_secs(1), Duration::from_secs(120))
+            .await?;
+
+        // 2. Services added one at a time.
+        let timeout = Duration::from_secs(self.args.timeout_seconds);
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let pp = PostParams::default();
+        let before = sync_stats(proxy, &ns.metrics().await?);
+        let mut adds = Vec::new();
+        let mut add_misses = 0;
+        let add_base = Ipv4Addr::new(10, 201, 0, 0);
+        for k in 0..self.args.adds {
+            let svc = format!("add-{k}");
+            let ips = [
+                pool_ip(add_base, self.added)?,
+                pool_ip(add_base, self.added + 1)?,
+            ];
+            self.added += 2;
+            slices.create(&pp, &slice(&svc, ips, k)).await?;
+            tokio::time::sleep(ADD_SPACING).await;
+            monitor.drain()?;
+            let created = services.create(&pp, &service(&svc)).await?;
+            let returned = Instant::now();
+            let ip = created
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .context("created Service has no ClusterIP")?;
+            match monitor.wait_for(timeout, |l| names_ip(l, &ip)).await? {
+                Some(at) => adds.push(signed_ms(returned, at)),
+                None => {
+                    eprintln!("{name}: Service {svc} ({ip}) not seen within {timeout:?}");
+                    add_misses += 1;
+                }
+            }
+            process.check_running().context(name)?;
+            tokio::time::sleep_until((returned + ADD_SPACING).into()).await;
+        }
+        let after = sync_stats(proxy, &ns.metrics().await?);
+        eprintln!("{name}: adds (ms) {adds:.1?}");
+        let adds = sorted(adds);
+        report(proxy, "add_n", adds.len() as f64);
+        report(proxy, "add_misses", add_misses as f64);
+        if !adds.is_empty() {
+            report(proxy, "add_p50_ms", percentile(&adds, 0.5));
+            report(proxy, "add_max_ms", percentile(&adds, 1.0));
+        }
+        report_syncs(proxy, "add", before, after);
+
+        // 3. Endpoint changes, one at a time.
+        monitor
+            .settle(Duration::from_secs(1), Duration::from_secs(60))
+            .await?;
+        let before = sync_stats(proxy, &ns.metrics().await?);
+        let mut changes = Vec::new();
+        let mut slowest: Vec<(f64, usize, Ipv4Addr)> = Vec::new();
+        let mut change_misses = 0;
+        let change_base = Ipv4Addr::new(10, 200, 0, 1);
+        for c in 0..self.args.changes {
+            let i = self.rng.below(self.args.services);
+            let e = self.rng.below(2);
+            let fresh = pool_ip(change_base, self.changed)?;
+            if fresh.octets()[1] != 200 {
+                bail!("out of fresh addresses in 10.200.0.0/16");
+            }
+            self.changed += 1;
+            self.endpoints[i][e] = fresh;
+            let eps: Vec<Endpoint> = self.endpoints[i]
+                .iter()
+                .enumerate()
+                .map(|(e, ip)| endpoint(*ip, i % 50 + e))
+                .collect();
+            let patch = json!({
+                "metadata": { "annotations": {
+                    ANNOTATION_LAST_CHANGE_TRIGGER_TIME: k8s_openapi::jiff::Timestamp::now().to_string(),
+                }},
+                "endpoints": eps,
+            });
+            monitor.drain()?;
+            slices
+                .patch(
+                    &format!("svc-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            let returned = Instant::now();
+            let fresh_text = fresh.to_string();
+            match monitor
+                .wait_for(timeout, |l| names_ip(l, &fresh_text))
+                .await?
+            {
+                Some(at) => {
+                    let ms = signed_ms(returned, at);
+                    changes.push(ms);
+                    slowest.push((ms, i, fresh));
+                    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    slowest.truncate(5);
+                }
+                None => {
+                    eprintln!("{name}: change {c} (svc-{i} → {fresh}) not seen within {timeout:?}");
+                    change_misses += 1;
+                    if change_misses >= self.args.max_misses {
+                        eprintln!("{name}: {change_misses} misses, stopping the changes");
+                        break;
+                    }
+                }
+            }
+            if (c + 1) % 100 == 0 {
+                process.check_running().context(name)?;
+                eprintln!("{name}: {} changes", c + 1);
+            }
+        }
+        let after = sync_stats(proxy, &ns.metrics().await?);
+        let slowest: Vec<String> = slowest
+            .iter()
+            .map(|(ms, i, ip)| format!("{ms:.1} ms (svc-{i} → {ip})"))
+            .collect();
+        eprintln!("{name}: slowest changes: {}", slowest.join(", "));
+        let negative = changes.iter().filter(|ms| **ms < 0.0).count();
+        if negative > 0 {
+            eprintln!("{name}: {negative} changes were committed before the API write returned");
+        }
+        let changes = sorted(changes);
+        report(proxy, "change_n", changes.len() as f64);
+        report(proxy, "change_misses", change_misses as f64);
+        if !changes.is_empty() {
+            report(proxy, "change_p50_ms", percentile(&changes, 0.5));
+            report(proxy, "change_p99_ms", percentile(&changes, 0.99));
+            report(proxy, "change_max_ms", percentile(&changes, 1.0));
+        }
+        report_syncs(proxy, "change", before, after);
+
+        // 4. Memory at the end.
+        process.check_running().context(name)?;
+        let (rss, hwm) = memory(pid)?;
+        report(proxy, "rss_end_mib", rss);
+        report(proxy, "hwm_end_mib", hwm);
+
+        // The next proxy starts from the same Services.
+        drop(monitor);
+        drop(process);
+        let dp = DeleteParams::default();
+        for k in 0..self.args.adds {
+            let svc = format!("add-{k}");
+            let _ = services.delete(&svc, &dp).await;
+            let _ = slices.delete(&svc, &dp).await;
+        }
+        Ok(())
+    }
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    if args.services == 0 {
+        bail!("--services must be at least 1");
+    }
+    std::fs::create_dir_all(&args.work)?;
+    let env = TestEnv::start().await?;
+    let client = env.client().await?;
+    let rng = Rng::new(args.seed);
+    let proxies = args.proxies.clone();
+    let mut bench = Bench {
+        args,
+        env,
+        client,
+        endpoints: Vec::new(),
+        rng,
+        probe_ip: String::new(),
+        changed: 0,
+        added: 0,
+    };
+    bench.populate().await?;
+    for proxy in proxies {
+        eprintln!("{}: starting", proxy.name());
+        bench.run_proxy(proxy).await?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // On SIGTERM or Ctrl-C the run is dropped, which stops the proxies and the control plane
+    // and deletes the namespaces.
+    tokio::select! {
+        result = bench(args) => result,
+        () = svcplane_runtime::shutdown_signal() => bail!("interrupted"),
+    }
+}
