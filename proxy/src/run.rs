@@ -1,5 +1,6 @@
 //! The `svcplane-proxy` process: flags, watches, the sync loop, lifecycle.
 
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +16,13 @@ use svcplane_model::{
     AddressType, EndpointSlice, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Node, Service,
     ServiceCidr,
 };
+use svcplane_runtime::events::Events;
 use svcplane_runtime::{
     AdminArgs, AdminServer, ClientArgs, Health, Informer, LogArgs, WatchMetrics, watch,
 };
 
 use crate::conntrack::ConntrackCli;
+use crate::healthcheck::{self, ProxyHealth, ProxyHealthServer, ServiceHealthServer};
 use crate::metrics::Metrics;
 use crate::nft::{Nft, NftCli};
 use crate::plan::{DetectLocal, NodePortAddresses};
@@ -43,6 +46,8 @@ pub enum Error {
     Runtime(#[from] svcplane_runtime::Error),
     #[error("registering metrics")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Healthz(#[from] healthcheck::Error),
     #[error("reading the admin server's address")]
     AdminAddr(#[source] std::io::Error),
 }
@@ -92,6 +97,10 @@ pub struct Args {
     /// A failed sync is retried after this long.
     #[arg(long, env = "SVCPLANE_SYNC_PERIOD", default_value = "30s", value_parser = svcplane_runtime::parse_duration)]
     pub sync_period: Duration,
+    /// Where /healthz and /livez answer as kube-proxy's do (unhealthy when a change waited
+    /// longer than twice --sync-period; /healthz also while this Node is being deleted).
+    #[arg(long, env = "SVCPLANE_HEALTHZ_BIND_ADDRESS", default_value = healthcheck::DEFAULT_HEALTHZ_BIND_ADDRESS)]
+    pub healthz_bind_address: SocketAddr,
     /// Remove everything svcplane-proxy created on this node, then exit.
     #[arg(long, env = "SVCPLANE_CLEANUP", default_value_t = false)]
     pub cleanup: bool,
@@ -186,6 +195,43 @@ fn cleanup_transaction() -> String {
     text
 }
 
+const FAMILIES: [AddressType; 2] = [AddressType::V4, AddressType::V6];
+
+/// This Node's eligibility for load-balanced traffic from a watch event (`None`: the event
+/// says nothing about it): gone, being deleted or marked for deletion by the autoscaler is not
+/// eligible, as upstream's /healthz says.
+fn node_eligibility(event: &Event<ApiNode>) -> Option<bool> {
+    match event {
+        Event::Apply(n) | Event::InitApply(n) => Some(healthcheck::node_eligible(Some(n))),
+        Event::Delete(_) => Some(false),
+        Event::Init | Event::InitDone => None,
+    }
+}
+
+/// Opens and closes one family's health check listeners after a sync; a port that cannot be
+/// opened gets a Warning Event on its Service and is tried again after the next sync.
+async fn sync_health_checks(
+    server: &mut ServiceHealthServer,
+    wanted: crate::state::HealthChecks,
+    events: &Events,
+    node_name: &str,
+) {
+    server.set_addresses(wanted.addresses);
+    for error in server.sync_services(&wanted.ports).await {
+        if let Some(key) = error.service() {
+            let about = svcplane_runtime::events::reference("v1", "Service", key, None);
+            events
+                .warn(
+                    &about,
+                    healthcheck::LISTEN_FAILED_REASON,
+                    error.event_note(node_name),
+                )
+                .await;
+        }
+    }
+    server.sync_endpoints(&wanted.local_endpoints);
+}
+
 /// Runs until SIGTERM/SIGINT (or, with --cleanup, removes the rules and returns).
 pub async fn run(args: Args) -> Result<(), Error> {
     let nft = NftCli::new(&args.nft_binary);
@@ -205,6 +251,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let admin = AdminServer::bind(args.admin.admin_addr).await?;
     let admin_addr = admin.local_addr().map_err(Error::AdminAddr)?;
     tracing::info!(node = %node_name, nft = %version, admin = %admin_addr, "starting");
+
+    // kube-proxy's health: unhealthy when a queued change waited past twice the sync period.
+    let proxy_health = ProxyHealth::new(2 * args.sync_period);
+    let healthz = ProxyHealthServer::bind(args.healthz_bind_address).await?;
+    let mut health_checks =
+        FAMILIES.map(|family| ServiceHealthServer::new(family, None, proxy_health.clone()));
+    let events = Events::new(client.clone(), "svcplane-proxy", node_name.clone());
 
     let conntrack = ConntrackCli::new(&args.conntrack_binary);
     let mut state = State::new(
@@ -272,6 +325,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
             let _ = rx.wait_for(|s| *s).await;
         }))
     };
+    let healthz_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(healthz.serve(proxy_health.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    };
+    // As upstream's sync loop: a family that never syncs still turns unhealthy.
+    for family in FAMILIES {
+        proxy_health.updated(family);
+    }
     let signal = tokio::spawn(async move {
         svcplane_runtime::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -299,14 +362,27 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     match update {
                         Update::Service(e) => drop(services.handle(*e, &mut state.services)),
                         Update::Slice(e) => drop(slices.handle(*e, &mut state.slices)),
-                        Update::Node(e) => drop(nodes.handle(*e, &mut state.nodes)),
+                        Update::Node(e) => {
+                            if let Some(eligible) = node_eligibility(&e) {
+                                proxy_health.set_node_eligible(eligible);
+                            }
+                            drop(nodes.handle(*e, &mut state.nodes));
+                        }
                         Update::Cidr(e) => drop(cidrs.handle(*e, &mut state.service_cidrs)),
                     }
                 }
                 metrics.pending(state.pending());
+                if synced && state.pending() > 0 {
+                    for family in FAMILIES {
+                        proxy_health.queued_update(family);
+                    }
+                }
                 if !synced && services.is_synced() && slices.is_synced() && nodes.is_synced() && cidrs.is_synced() {
                     tracing::info!("caches synced");
                     synced = true;
+                    for family in FAMILIES {
+                        proxy_health.queued_update(family);
+                    }
                 }
             }
             _ = tokio::time::sleep(wait), if synced && (state.pending() > 0 || retry_at.is_some()) => {
@@ -318,6 +394,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
                             health.set_ready(true);
                         }
                         retry_at = None;
+                        for (server, family) in health_checks.iter_mut().zip(FAMILIES) {
+                            proxy_health.updated(family);
+                            sync_health_checks(server, state.health_checks(family), &events, &node_name).await;
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%error, reason = error.reason(), retry_in = ?args.sync_period, "sync failed; the previous rules stay in place");
@@ -332,5 +412,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     health.set_live(false);
     signal.abort();
     admin_task.abort();
+    healthz_task.abort();
+    drop(health_checks);
     Ok(())
 }

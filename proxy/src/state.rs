@@ -3,7 +3,8 @@
 //! changed, writes what changed in both families (or both tables whole) and applies that as one
 //! transaction, so IPv4 and IPv6 rules change together or not at all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use svcplane_model::tracker::{ChangeTracker, EndpointsTracker};
 use svcplane_model::{AddressType, EndpointSlice, Node, ObjectKey, Service, ServiceCidr};
 
 use crate::conntrack::{Conntrack, Filter, UdpView};
+use crate::healthcheck;
 use crate::metrics::Metrics;
 use crate::nft::{self, Nft};
 use crate::plan::{self, Config, Plan};
@@ -250,6 +252,38 @@ impl State {
         }
         self.metrics.pending(0);
         self.clean_conntrack();
+    }
+}
+
+/// What one family's health check servers serve: where (`None`: every address of the family),
+/// which Services on which `healthCheckNodePort`, and each one's ready endpoints on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthChecks {
+    pub addresses: Option<BTreeSet<IpAddr>>,
+    pub ports: BTreeMap<ObjectKey, u16>,
+    pub local_endpoints: BTreeMap<ObjectKey, usize>,
+}
+
+impl State {
+    /// The health check servers of `family` as the rules last planned stand.
+    pub fn health_checks(&self, family: AddressType) -> HealthChecks {
+        let Some(config) = &self.planned else {
+            return HealthChecks::default();
+        };
+        let ports = healthcheck::health_check_ports(family, self.services.iter());
+        let local_endpoints = ports
+            .keys()
+            .map(|k| {
+                let eps = self.slices.endpoints(k);
+                let n = healthcheck::local_ready_endpoints(family, &config.node.name, eps.as_ref());
+                (k.clone(), n)
+            })
+            .collect();
+        HealthChecks {
+            addresses: plan::globals(family, config).nodeport_ips,
+            ports,
+            local_endpoints,
+        }
     }
 }
 

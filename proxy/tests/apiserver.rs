@@ -75,19 +75,12 @@ fn eventually(lab: &Lab, what: &str, want: impl Fn(&BTreeMap<String, u32>) -> bo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_programs_a_node_from_the_api_server() {
-    common::require_namespaces();
-    let env = TestEnv::start().await.expect("control plane");
-    let client = env.client().await.expect("client");
-    let lab = Lab::ready();
-    common::register_node(&client).await;
-
-    let _relay = lab.relay_api(&env).await;
+/// svcplane-proxy in the lab's node namespace, reaching the API server through the relay.
+fn start_proxy(lab: &Lab, env: &TestEnv) -> Proxy {
     let kubeconfig = env
         .write_kubeconfig_via("proxy", common::API_IN_NODE.parse().expect("addr"))
         .expect("kubeconfig");
-    let _proxy = Proxy(
+    Proxy(
         Command::new("ip")
             .args([
                 "netns",
@@ -107,7 +100,19 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
             .stdin(Stdio::null())
             .spawn()
             .expect("start svcplane-proxy"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_programs_a_node_from_the_api_server() {
+    common::require_namespaces();
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    let lab = Lab::ready();
+    common::register_node(&client).await;
+
+    let _relay = lab.relay_api(&env).await;
+    let _proxy = start_proxy(&lab, &env);
 
     let services: Api<Service> = Api::namespaced(client.clone(), "demo");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "demo");
@@ -196,4 +201,97 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
         "documented but not exported: {:?}",
         expected.difference(&exported).collect::<Vec<_>>()
     );
+}
+
+/// Polls `url` from namespace `from` until `want` holds for its (status, weight header, body),
+/// for at most 20 s.
+fn eventually_http(
+    lab: &Lab,
+    from: &str,
+    url: &str,
+    what: &str,
+    want: impl Fn(&common::HttpAnswer) -> bool,
+) -> common::HttpAnswer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = lab.http_from(from, url);
+        if want(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: last seen {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_node_ports_and_proxy_health_answer_as_kube_proxy() {
+    common::require_namespaces();
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    let lab = Lab::ready();
+    common::register_node(&client).await;
+    let _relay = lab.relay_api(&env).await;
+    let _proxy = start_proxy(&lab, &env);
+
+    // The proxy's own health (kube-proxy's port 10256), once it has synced.
+    let healthz = eventually_http(
+        &lab,
+        "node",
+        "http://127.0.0.1:10256/healthz",
+        "healthz",
+        |a| a.status == 200,
+    );
+    let body: serde_json::Value = serde_json::from_str(&healthz.body).expect("json");
+    assert_eq!(body["healthy"], true, "{body}");
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    let livez = lab.http_from("node", "http://127.0.0.1:10256/livez");
+    assert_eq!(livez.status, 200, "{livez:?}");
+
+    // A LoadBalancer Service with externalTrafficPolicy Local: the API server allocates its
+    // healthCheckNodePort; the proxy answers on it, on the node's address, for load balancers.
+    let services: Api<Service> = Api::namespaced(client.clone(), "demo");
+    let mut lb = common::web_service();
+    let spec = lb.spec.as_mut().expect("spec");
+    spec.type_ = Some("LoadBalancer".into());
+    spec.external_traffic_policy = Some("Local".into());
+    let created = services
+        .create(&PostParams::default(), &lb)
+        .await
+        .expect("service");
+    let port = created
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .expect("healthCheckNodePort allocated");
+    let url = format!("http://192.0.2.10:{port}/");
+    let none = eventually_http(&lab, "ext", &url, "no local endpoints: 503", |a| {
+        a.status == 503
+    });
+    assert_eq!(none.weight.as_deref(), Some("0"), "{none:?}");
+    let body: serde_json::Value = serde_json::from_str(&none.body).expect("json");
+    assert_eq!(
+        body,
+        json!({"service": {"namespace": "demo", "name": "web"}, "localEndpoints": 0, "serviceProxyHealthy": true})
+    );
+
+    // A ready endpoint on this node: 200, and the weight says how many.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "demo");
+    slices
+        .create(
+            &PostParams::default(),
+            &slice("web-1", "web", &[("10.244.1.5", true)]),
+        )
+        .await
+        .expect("slice");
+    let one = eventually_http(&lab, "ext", &url, "a local endpoint: 200", |a| {
+        a.status == 200
+    });
+    assert_eq!(one.weight.as_deref(), Some("1"), "{one:?}");
+    assert!(one.body.contains("\"localEndpoints\": 1"), "{one:?}");
+
+    // The Service goes: so does its health check port.
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually_http(&lab, "ext", &url, "the port closes", |a| a.status == 0);
 }

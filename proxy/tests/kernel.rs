@@ -91,8 +91,11 @@ fn state(ns: &str) -> State {
     s
 }
 
+/// A Service and its slices.
+type Live = (Arc<Service>, Vec<Arc<EndpointSlice>>);
+
 /// One random Service `i` (its addresses derived from `i`) and its slices.
-fn world(i: u16, rng: &mut Rng) -> (Arc<Service>, Vec<Arc<EndpointSlice>>) {
+fn world(i: u16, rng: &mut Rng) -> Live {
     let v6 = rng.chance(30);
     let ip = |v4: String, v6s: String| -> IpAddr {
         if v6 { v6s.parse() } else { v4.parse() }.expect("ip")
@@ -263,7 +266,7 @@ fn partial_syncs_leave_the_table_a_full_sync_writes() {
     let ns = Namespaces::new(&["partial", "full"]);
     let (partial_ns, full_ns) = (ns.0[0].clone(), ns.0[1].clone());
     let mut rng = Rng::new(0x5eed);
-    let mut live: Vec<Option<(Arc<Service>, Vec<Arc<EndpointSlice>>)>> = Vec::new();
+    let mut live: Vec<Option<Live>> = Vec::new();
     let mut s = state(&partial_ns);
     for i in 0..40 {
         let (svc, slices) = world(i, &mut rng);

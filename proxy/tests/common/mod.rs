@@ -53,6 +53,14 @@ pub fn web_service() -> k8s_openapi::api::core::v1::Service {
     }
 }
 
+/// What [`Lab::http_from`] got.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub weight: Option<String>,
+    pub body: String,
+}
+
 /// Namespaces and processes of one test; removed on drop.
 pub struct Lab {
     /// The next unused source port for [`Lab::ask_fresh`].
@@ -398,6 +406,49 @@ impl Lab {
             .output()
             .expect("python3");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// GET `url` from namespace `from`: status (0 when nothing answered), the
+    /// `X-Load-Balancing-Endpoint-Weight` header, the body.
+    pub fn http_from(&self, from: &str, url: &str) -> HttpAnswer {
+        let script = r#"
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError as e:
+    r = e
+except Exception:
+    print(0); print(""); sys.exit(0)
+print(r.status); print(r.headers.get("X-Load-Balancing-Endpoint-Weight") or ""); print(r.read().decode(), end="")
+"#;
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(from),
+                "python3",
+                "-c",
+                script,
+                url,
+            ])
+            .output()
+            .expect("python3");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.splitn(3, '\n');
+        let status = lines
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let weight = lines
+            .next()
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned);
+        HttpAnswer {
+            status,
+            weight,
+            body: lines.next().unwrap_or_default().to_owned(),
+        }
     }
 
     /// Makes `env`'s API server reachable at [`API_IN_NODE`] inside the node namespace, through
