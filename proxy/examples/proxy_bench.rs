@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
@@ -564,7 +564,8 @@ struct Bench {
     client: kube::Client,
     /// Each populated Service's two endpoint addresses, as the API server has them now.
     endpoints: Vec<[Ipv4Addr; 2]>,
-    rng: Rng,
+    /// The same seed for each proxy: both change the same Services' endpoints in the same order.
+    seed: u64,
     /// The ClusterIP of the last populated Service.
     probe_ip: String,
     /// Addresses handed out so far from the change and add pools.
@@ -615,8 +616,22 @@ impl Bench {
         Ok(())
     }
 
-    fn start_proxy(&self, proxy: Proxy, ns: &Netns, kubeconfig: &Path) -> anyhow::Result<Spawned> {
-        let log = self.args.work.join(format!("{}.log", proxy.name()));
+    /// Starts `proxy` in a fresh node namespace; returns it with the moment it was started.
+    async fn start_node(&self, proxy: Proxy) -> anyhow::Result<(Node, Instant)> {
+        let name = proxy.name();
+        let ns = Netns::create(format!("{}-{name}", self.args.netns_prefix)).await?;
+        let apiserver: SocketAddr = self
+            .env
+            .server_url()
+            .trim_start_matches("https://")
+            .parse()
+            .context("API server address")?;
+        let relay = ApiRelay::start(&ns.0, API_PORT, apiserver, self.env.dir()).await?;
+        let kubeconfig = self.env.write_kubeconfig_via(
+            &format!("{name}.kubeconfig"),
+            SocketAddr::from(([127, 0, 0, 1], API_PORT)),
+        )?;
+        let log = self.args.work.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns.0, "taskset", "-c", "1"]);
@@ -648,45 +663,36 @@ impl Bench {
             }
         }
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()));
+        let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("starting {}", proxy.name()))?;
+            .with_context(|| format!("starting {name}"))?;
         let stdin = child.stdin.take();
-        Ok(Spawned {
-            child,
-            _stdin: stdin,
-            log: Some(log),
-        })
+        let node = Node {
+            proxy,
+            process: Spawned {
+                child,
+                _stdin: stdin,
+                log: Some(log),
+            },
+            _relay: relay,
+            ns,
+        };
+        Ok((node, started))
     }
 
-    async fn run_proxy(&mut self, proxy: Proxy) -> anyhow::Result<()> {
-        let name = proxy.name();
-        // Dropped last: after the processes in it.
-        let ns = Netns::create(format!("{}-{name}", self.args.netns_prefix)).await?;
-        let apiserver: SocketAddr = self
-            .env
-            .server_url()
-            .trim_start_matches("https://")
-            .parse()
-            .context("API server address")?;
-        let _relay = ApiRelay::start(&ns.0, API_PORT, apiserver, self.env.dir()).await?;
-        let kubeconfig = self.env.write_kubeconfig_via(
-            &format!("{name}.kubeconfig"),
-            SocketAddr::from(([127, 0, 0, 1], API_PORT)),
-        )?;
-
-        // 1. First full sync.
-        let started = Instant::now();
-        let mut process = self.start_proxy(proxy, &ns, &kubeconfig)?;
-        let pid = process.child.id();
+    /// Phase 1: the first full sync, then memory and the size of the table.
+    async fn full_sync(&self, node: &mut Node, started: Instant) -> anyhow::Result<()> {
+        let (proxy, name) = (node.proxy, node.proxy.name());
         let element = format!("{{ {} }}", self.probe_ip);
         let deadline = started + Duration::from_secs(self.args.full_sync_timeout_seconds);
         let committed = loop {
             // Fails until the table, the set and the element are there.
-            let found = ns
+            let found = node
+                .ns
                 .on_cpu0("nft")
                 .args(["get", "element", "ip", proxy.table()])
                 .args([Proxy::CLUSTER_IPS_SET, &element])
@@ -699,7 +705,7 @@ impl Bench {
             if found {
                 break Instant::now();
             }
-            process.check_running().context(name)?;
+            node.check_running()?;
             if Instant::now() > deadline {
                 bail!(
                     "{name}: set {} of table ip {} did not hold {} within {}s",
@@ -716,14 +722,15 @@ impl Bench {
             "full_sync_wall_s",
             (committed - started).as_secs_f64(),
         );
+        let pid = node.process.child.id();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
         if comm.trim() != proxy.comm() {
             bail!("process {pid} is {comm:?}, not {}", proxy.comm());
         }
-        // Its own metric is observed just after the commit.
+        // The proxy observes its metric just after the commit.
         let mut stats = SyncStats::default();
         for _ in 0..100 {
-            if let Ok(text) = ns.metrics().await {
+            if let Ok(text) = node.ns.metrics().await {
                 stats = sync_stats(proxy, &text);
                 if stats.full.count >= 1.0 {
                     break;
@@ -740,39 +747,35 @@ impl Bench {
             stats.full.sum / stats.full.count,
         );
         report(proxy, "full_sync_metric_count", stats.full.count);
-        // Late events and their syncs, then quiet.
+        // Late events and their syncs.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        process.check_running().context(name)?;
+        node.check_running()?;
         let (rss, hwm) = memory(pid)?;
         report(proxy, "rss_sync_mib", rss);
         report(proxy, "hwm_sync_mib", hwm);
-        let table = run(ns
+        let table = run(node
+            .ns
             .on_cpu0("nft")
             .args(["list", "table", "ip", proxy.table()]))
         .await?;
         report(proxy, "ruleset_lines", table.lines().count() as f64);
-        drop(table);
+        Ok(())
+    }
 
-        let mut monitor = Monitor::start(&ns).await?;
-        monitor
-            .settle(Duration::from_secs(1), Duration::from_secs(120))
-            .await?;
-
-        // 2. Services added one at a time.
+    /// Phase 2: Services added one at a time, each with its slice created first.
+    async fn adds(&mut self, node: &mut Node, monitor: &mut Monitor) -> anyhow::Result<()> {
+        let (proxy, name) = (node.proxy, node.proxy.name());
         let timeout = Duration::from_secs(self.args.timeout_seconds);
         let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
         let pp = PostParams::default();
-        let before = sync_stats(proxy, &ns.metrics().await?);
+        let before = sync_stats(proxy, &node.ns.metrics().await?);
         let mut adds = Vec::new();
-        let mut add_misses = 0;
-        let add_base = Ipv4Addr::new(10, 201, 0, 0);
+        let mut misses = 0;
+        let base = Ipv4Addr::new(10, 201, 0, 0);
         for k in 0..self.args.adds {
             let svc = format!("add-{k}");
-            let ips = [
-                pool_ip(add_base, self.added)?,
-                pool_ip(add_base, self.added + 1)?,
-            ];
+            let ips = [pool_ip(base, self.added)?, pool_ip(base, self.added + 1)?];
             self.added += 2;
             slices.create(&pp, &slice(&svc, ips, k)).await?;
             tokio::time::sleep(ADD_SPACING).await;
@@ -787,36 +790,52 @@ impl Bench {
                 Some(at) => adds.push(signed_ms(returned, at)),
                 None => {
                     eprintln!("{name}: Service {svc} ({ip}) not seen within {timeout:?}");
-                    add_misses += 1;
+                    misses += 1;
                 }
             }
-            process.check_running().context(name)?;
+            node.check_running()?;
             tokio::time::sleep_until((returned + ADD_SPACING).into()).await;
         }
-        let after = sync_stats(proxy, &ns.metrics().await?);
+        let after = sync_stats(proxy, &node.ns.metrics().await?);
         eprintln!("{name}: adds (ms) {adds:.1?}");
         let adds = sorted(adds);
         report(proxy, "add_n", adds.len() as f64);
-        report(proxy, "add_misses", add_misses as f64);
+        report(proxy, "add_misses", misses as f64);
         if !adds.is_empty() {
             report(proxy, "add_p50_ms", percentile(&adds, 0.5));
             report(proxy, "add_max_ms", percentile(&adds, 1.0));
         }
         report_syncs(proxy, "add", before, after);
+        Ok(())
+    }
 
-        // 3. Endpoint changes, one at a time.
-        monitor
-            .settle(Duration::from_secs(1), Duration::from_secs(60))
-            .await?;
-        let before = sync_stats(proxy, &ns.metrics().await?);
+    /// Deletes what [`Bench::adds`] created, so the next proxy starts from the same Services.
+    async fn remove_adds(&self) {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let dp = DeleteParams::default();
+        for k in 0..self.args.adds {
+            let svc = format!("add-{k}");
+            let _ = services.delete(&svc, &dp).await;
+            let _ = slices.delete(&svc, &dp).await;
+        }
+    }
+
+    /// Phase 3: endpoint changes, one at a time.
+    async fn changes(&mut self, node: &mut Node, monitor: &mut Monitor) -> anyhow::Result<()> {
+        let (proxy, name) = (node.proxy, node.proxy.name());
+        let timeout = Duration::from_secs(self.args.timeout_seconds);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let before = sync_stats(proxy, &node.ns.metrics().await?);
+        let mut rng = Rng::new(self.seed);
         let mut changes = Vec::new();
         let mut slowest: Vec<(f64, usize, Ipv4Addr)> = Vec::new();
-        let mut change_misses = 0;
-        let change_base = Ipv4Addr::new(10, 200, 0, 1);
+        let mut misses = 0;
+        let base = Ipv4Addr::new(10, 200, 0, 1);
         for c in 0..self.args.changes {
-            let i = self.rng.below(self.args.services);
-            let e = self.rng.below(2);
-            let fresh = pool_ip(change_base, self.changed)?;
+            let i = rng.below(self.args.services);
+            let e = rng.below(2);
+            let fresh = pool_ip(base, self.changed)?;
             if fresh.octets()[1] != 200 {
                 bail!("out of fresh addresses in 10.200.0.0/16");
             }
@@ -827,19 +846,15 @@ impl Bench {
                 .enumerate()
                 .map(|(e, ip)| endpoint(*ip, i % 50 + e))
                 .collect();
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let patch = json!({
-                "metadata": { "annotations": {
-                    ANNOTATION_LAST_CHANGE_TRIGGER_TIME: k8s_openapi::jiff::Timestamp::now().to_string(),
-                }},
+                "metadata": { "annotations": { ANNOTATION_LAST_CHANGE_TRIGGER_TIME: now } },
                 "endpoints": eps,
             });
             monitor.drain()?;
+            let pp = PatchParams::default();
             slices
-                .patch(
-                    &format!("svc-{i}"),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
+                .patch(&format!("svc-{i}"), &pp, &Patch::Merge(&patch))
                 .await?;
             let returned = Instant::now();
             let fresh_text = fresh.to_string();
@@ -856,54 +871,76 @@ impl Bench {
                 }
                 None => {
                     eprintln!("{name}: change {c} (svc-{i} → {fresh}) not seen within {timeout:?}");
-                    change_misses += 1;
-                    if change_misses >= self.args.max_misses {
-                        eprintln!("{name}: {change_misses} misses, stopping the changes");
+                    misses += 1;
+                    if misses >= self.args.max_misses {
+                        eprintln!("{name}: {misses} misses, stopping the changes");
                         break;
                     }
                 }
             }
             if (c + 1) % 100 == 0 {
-                process.check_running().context(name)?;
+                node.check_running()?;
                 eprintln!("{name}: {} changes", c + 1);
             }
         }
-        let after = sync_stats(proxy, &ns.metrics().await?);
+        let after = sync_stats(proxy, &node.ns.metrics().await?);
         let slowest: Vec<String> = slowest
             .iter()
             .map(|(ms, i, ip)| format!("{ms:.1} ms (svc-{i} → {ip})"))
             .collect();
         eprintln!("{name}: slowest changes: {}", slowest.join(", "));
-        let negative = changes.iter().filter(|ms| **ms < 0.0).count();
-        if negative > 0 {
-            eprintln!("{name}: {negative} changes were committed before the API write returned");
+        let early = changes.iter().filter(|ms| **ms < 0.0).count();
+        if early > 0 {
+            eprintln!("{name}: {early} changes were committed before the API write returned");
         }
         let changes = sorted(changes);
         report(proxy, "change_n", changes.len() as f64);
-        report(proxy, "change_misses", change_misses as f64);
+        report(proxy, "change_misses", misses as f64);
         if !changes.is_empty() {
             report(proxy, "change_p50_ms", percentile(&changes, 0.5));
             report(proxy, "change_p99_ms", percentile(&changes, 0.99));
             report(proxy, "change_max_ms", percentile(&changes, 1.0));
         }
         report_syncs(proxy, "change", before, after);
+        Ok(())
+    }
 
-        // 4. Memory at the end.
-        process.check_running().context(name)?;
-        let (rss, hwm) = memory(pid)?;
+    async fn run_proxy(&mut self, proxy: Proxy) -> anyhow::Result<()> {
+        let (mut node, started) = self.start_node(proxy).await?;
+        self.full_sync(&mut node, started).await?;
+        // Only now: during the full sync it would have slowed the commit.
+        let mut monitor = Monitor::start(&node.ns).await?;
+        monitor
+            .settle(Duration::from_secs(1), Duration::from_secs(120))
+            .await?;
+        self.adds(&mut node, &mut monitor).await?;
+        monitor
+            .settle(Duration::from_secs(1), Duration::from_secs(60))
+            .await?;
+        self.changes(&mut node, &mut monitor).await?;
+        node.check_running()?;
+        let (rss, hwm) = memory(node.process.child.id())?;
         report(proxy, "rss_end_mib", rss);
         report(proxy, "hwm_end_mib", hwm);
-
-        // The next proxy starts from the same Services.
         drop(monitor);
-        drop(process);
-        let dp = DeleteParams::default();
-        for k in 0..self.args.adds {
-            let svc = format!("add-{k}");
-            let _ = services.delete(&svc, &dp).await;
-            let _ = slices.delete(&svc, &dp).await;
-        }
+        drop(node);
+        self.remove_adds().await;
         Ok(())
+    }
+}
+
+/// One proxy in its node namespace. Fields drop in order: the process before the relay and
+/// the namespace it runs in.
+struct Node {
+    proxy: Proxy,
+    process: Spawned,
+    _relay: ApiRelay,
+    ns: Netns,
+}
+
+impl Node {
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        self.process.check_running().context(self.proxy.name())
     }
 }
 
@@ -914,14 +951,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let env = TestEnv::start().await?;
     let client = env.client().await?;
-    let rng = Rng::new(args.seed);
+    let seed = args.seed;
     let proxies = args.proxies.clone();
     let mut bench = Bench {
         args,
         env,
         client,
         endpoints: Vec::new(),
-        rng,
+        seed,
         probe_ip: String::new(),
         changed: 0,
         added: 0,

@@ -397,7 +397,10 @@ fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
     let settings = Settings {
         node_name: "node".into(),
         nodeport_addresses: NodePortAddresses::Primary,
-        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "fd00:10:244::/48".parse().expect("cidr"),
+        ],
         masquerade_all: false,
         masquerade_bit: 14,
         detect_local: Default::default(),
@@ -413,7 +416,10 @@ fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
     let node = svcplane_model::Node {
         name: "node".into(),
         zone: None,
-        addresses: vec!["192.0.2.10".parse().expect("ip")],
+        addresses: vec![
+            "192.0.2.10".parse().expect("ip"),
+            "2001:db8::10".parse().expect("ip"),
+        ],
         allocatable_cpu_millis: None,
         ready: true,
         control_plane: false,
@@ -493,4 +499,103 @@ fn session_affinity_keeps_a_client_on_its_endpoint_across_syncs() {
     assert_eq!(s.sync().expect("sync"), "partial");
     let moved = one_answer(&lab.ask_fresh("client", "tcp", "10.96.0.20", 80, 10), 10);
     assert_ne!(moved, first);
+}
+
+/// `eps`' slices with the slice name and address type of the family of its first address.
+fn family_slices(svc: &ObjectKey, ips: &[&str]) -> ServiceEndpoints {
+    let mut eps = endpoints(svc, ips);
+    let v6 = ips.first().is_some_and(|ip| ip.contains(':'));
+    if v6 {
+        for slice in &mut eps.slices {
+            let slice = Arc::make_mut(slice);
+            slice.address_type = AddressType::V6;
+            slice.key = ObjectKey::new(&*svc.namespace, format!("{}-v6", svc.name));
+        }
+    }
+    eps
+}
+
+#[test]
+fn ipv6_and_hairpin_carry_packets() {
+    common::require_namespaces();
+    let lab = Lab::ready();
+    let mut s = lab_state(&lab);
+    // A dual-stack NodePort Service, endpoints in both families; an IPv6 Service without any.
+    let (key, svc) = service("dual", "10.96.0.30", Some(30095));
+    let mut svc = (*svc).clone();
+    svc.cluster_ips = ClusterIps::Ips(vec![
+        "10.96.0.30".parse().expect("ip"),
+        "fd00:10:96::30".parse().expect("ip"),
+    ]);
+    let dual = (key.clone(), Arc::new(svc));
+    put(
+        &mut s,
+        &dual,
+        family_slices(&key, &["10.244.1.5", "10.244.2.5"]),
+    );
+    put(
+        &mut s,
+        &dual,
+        family_slices(&key, &["fd00:10:244:1::5", "fd00:10:244:2::5"]),
+    );
+    let (empty_key, empty) = service("empty6", "10.96.0.31", None);
+    let mut empty = (*empty).clone();
+    empty.cluster_ips = ClusterIps::Ips(vec!["fd00:10:96::31".parse().expect("ip")]);
+    put(
+        &mut s,
+        &(empty_key, Arc::new(empty)),
+        ServiceEndpoints { slices: Vec::new() },
+    );
+    assert_eq!(s.sync().expect("sync"), "full");
+
+    // IPv6 ClusterIP, TCP and UDP: both endpoints, the pod's own address kept.
+    let tcp = lab.ask_fresh("client", "tcp", "fd00:10:96::30", 80, 30);
+    assert_eq!(
+        tcp.keys().cloned().collect::<Vec<_>>(),
+        ["pod-a fd00:10:244:3::5", "pod-b fd00:10:244:3::5"],
+        "{tcp:?}"
+    );
+    let udp = lab.ask_fresh("client", "udp", "fd00:10:96::30", 53, 20);
+    assert_eq!(udp.len(), 2, "{udp:?}");
+    // The IPv4 side of the same Service, independently.
+    let v4 = lab.ask_fresh("client", "tcp", "10.96.0.30", 80, 20);
+    assert_eq!(v4.len(), 2, "{v4:?}");
+    // The IPv6 NodePort on the node's IPv6 address, from outside: masqueraded to the node.
+    let np = lab.ask_fresh("ext", "tcp", "2001:db8::10", 30095, 20);
+    assert_eq!(
+        np.keys().cloned().collect::<Vec<_>>(),
+        ["pod-a fd00:10:244:1::1", "pod-b fd00:10:244:2::1"],
+        "{np:?}"
+    );
+    // No endpoints: ICMPv6 unreachable, refused at once.
+    assert_eq!(
+        lab.ask("tcp", "fd00:10:96::31", 80, 2),
+        BTreeMap::from([("refused".into(), 2)])
+    );
+
+    // Hairpin: a pod reaching itself through its Service is masqueraded (otherwise the reply
+    // would go straight back to itself from its own address and the connection would fail).
+    let hairpin = service("hairpin", "10.96.0.32", None);
+    put(&mut s, &hairpin, endpoints(&hairpin.0, &["10.244.1.5"]));
+    assert_eq!(s.sync().expect("sync"), "partial");
+    assert_eq!(
+        lab.ask_fresh("pod-a", "tcp", "10.96.0.32", 80, 5),
+        BTreeMap::from([("pod-a 10.244.1.1".into(), 5)])
+    );
+    let hairpin6 = (hairpin.0.clone(), {
+        let mut svc = (*hairpin.1).clone();
+        svc.cluster_ips = ClusterIps::Ips(vec!["fd00:10:96::32".parse().expect("ip")]);
+        Arc::new(svc)
+    });
+    s.slices.apply(ObjectKey::new("demo", "hairpin-1"), None);
+    put(
+        &mut s,
+        &hairpin6,
+        family_slices(&hairpin.0, &["fd00:10:244:1::5"]),
+    );
+    assert_eq!(s.sync().expect("sync"), "partial");
+    assert_eq!(
+        lab.ask_fresh("pod-a", "tcp", "fd00:10:96::32", 80, 5),
+        BTreeMap::from([("pod-a fd00:10:244:1::1".into(), 5)])
+    );
 }

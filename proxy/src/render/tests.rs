@@ -97,18 +97,33 @@ fn local_traffic_is_told_by_cidr_or_interface_as_the_mode_says() {
     let svc = service("web", &["10.96.0.10"], ServiceType::ClusterIp);
     let mut c = config();
     c.detect_local = DetectLocal::InterfacePrefix("veth".into());
-    let text = render(&run(AddressType::V4, std::slice::from_ref(&svc), &HashMap::new(), &c));
+    let text = render(&run(
+        AddressType::V4,
+        std::slice::from_ref(&svc),
+        &HashMap::new(),
+        &c,
+    ));
     assert!(text.contains(
         "add rule ip svcplane services ip daddr @cluster-ips iifname != \"veth*\" meta mark set meta mark | 0x4000"
     ), "{text}");
     c.detect_local = DetectLocal::Bridge("cbr0".into());
-    let text = render(&run(AddressType::V4, std::slice::from_ref(&svc), &HashMap::new(), &c));
+    let text = render(&run(
+        AddressType::V4,
+        std::slice::from_ref(&svc),
+        &HashMap::new(),
+        &c,
+    ));
     assert!(text.contains("iifname != \"cbr0\" meta mark set"), "{text}");
     // The node's own pod CIDR; none for a family means nothing counts as local there (no
     // off-cluster masquerade rule), as upstream.
     c.detect_local = DetectLocal::NodeCidr;
     c.node_pod_cidrs = vec!["10.244.7.0/24".parse().expect("cidr")];
-    let text = render(&run(AddressType::V4, std::slice::from_ref(&svc), &HashMap::new(), &c));
+    let text = render(&run(
+        AddressType::V4,
+        std::slice::from_ref(&svc),
+        &HashMap::new(),
+        &c,
+    ));
     assert!(
         text.contains("ip saddr != { 10.244.7.0/24 } meta mark set"),
         "{text}"
