@@ -104,6 +104,19 @@ fn main() {
     let bytes = nft.applied().last().map_or(0, String::len);
     println!("services {services}: first sync {full:?}, {bytes} bytes of nft text");
 
+    if let Some(dir) = std::env::var_os("SYNC_COST_DUMP") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::write(dir.join("full.nft"), &nft.applied()[0]).expect("write");
+        // One endpoint of Service 0 replaced, and one Service added.
+        let e = slice(0, 0x0af6_0000);
+        state.slices.apply(e.key.clone(), Some(e));
+        let (text, kind) = state.transaction();
+        assert_eq!(kind, "partial");
+        std::fs::write(dir.join("endpoint.nft"), text).expect("write");
+        let e = slice(0, 0x0af4_0000);
+        state.slices.apply(e.key.clone(), Some(e));
+        state.sync().expect("sync back");
+    }
     let mut took = Vec::new();
     for round in 0..50u32 {
         let i = services + round;
