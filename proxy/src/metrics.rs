@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
 
 #[derive(Debug, Clone)]
@@ -16,6 +17,7 @@ pub struct Metrics {
     services: IntGauge,
     conntrack_deleted: IntCounter,
     conntrack_failures: IntCounter,
+    no_local: IntGaugeVec,
 }
 
 impl Metrics {
@@ -24,7 +26,7 @@ impl Metrics {
             sync_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "svcplane_proxy_sync_duration_seconds",
-                    "Time to render and apply one sync, per kind (full).",
+                    "Time to plan, render and apply one sync, per kind (full, partial).",
                 )
                 .buckets(exponential_buckets(0.001, 2.0, 16)?),
                 &["kind"],
@@ -60,7 +62,15 @@ impl Metrics {
                 "svcplane_proxy_conntrack_cleanup_failures_total",
                 "conntrack deletions that failed (the flows then time out by themselves).",
             )?,
+            no_local: IntGaugeVec::new(
+                Opts::new(
+                    "svcplane_proxy_no_local_endpoints",
+                    "Service ports (per family) with a Local traffic policy whose endpoints are all on other nodes: traffic under that policy is dropped here.",
+                ),
+                &["traffic_policy"],
+            )?,
         };
+        registry.register(Box::new(m.no_local.clone()))?;
         registry.register(Box::new(m.conntrack_deleted.clone()))?;
         registry.register(Box::new(m.conntrack_failures.clone()))?;
         registry.register(Box::new(m.sync_duration.clone()))?;
@@ -101,6 +111,16 @@ impl Metrics {
 
     pub fn conntrack_failed(&self) {
         self.conntrack_failures.inc();
+    }
+
+    /// Service ports without local endpoints under internalTrafficPolicy and
+    /// externalTrafficPolicy Local.
+    pub fn no_local(&self, internal: usize, external: usize) {
+        for (policy, n) in [("internal", internal), ("external", external)] {
+            self.no_local
+                .with_label_values(&[policy])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn services(&self, n: usize) {

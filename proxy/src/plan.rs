@@ -146,6 +146,9 @@ pub struct Plan {
     pub service_cidrs: Vec<IpNet>,
     /// Traffic from pods.
     pub local: Local,
+    /// Service ports whose internal (`[0]`) or external (`[1]`) traffic policy is Local and
+    /// whose endpoints are all elsewhere (upstream's `no_local_endpoints_total`).
+    pub no_local: [usize; 2],
     pub masquerade_all: bool,
     pub mark: u32,
 }
@@ -296,6 +299,14 @@ pub fn service(
                 p.affinity_nodeports.insert((port.protocol, np), affinity);
             }
         }
+        let elsewhere_only = usable.any && usable.local.is_empty();
+        if elsewhere_only && svc.internal_traffic_policy == TrafficPolicy::Local {
+            p.no_local[0] += 1;
+        }
+        let external = node_port_wanted(svc, port.node_port) || !externals.is_empty();
+        if elsewhere_only && external && svc.external_traffic_policy == TrafficPolicy::Local {
+            p.no_local[1] += 1;
+        }
         if internal.is_empty() {
             p.refused.insert(vip, (refuse, name.clone()));
         } else {
@@ -358,6 +369,10 @@ pub fn service(
             }
         }
     }
+}
+
+fn node_port_wanted(svc: &Service, node_port: Option<u16>) -> bool {
+    node_port.is_some() && matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
 }
 
 /// The addresses NodePorts answer on, or `None` for every local non-loopback address: upstream's

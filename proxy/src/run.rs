@@ -399,9 +399,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
                             sync_health_checks(server, state.health_checks(family), &events, &node_name).await;
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, reason = error.reason(), retry_in = ?args.sync_period, "sync failed; the previous rules stay in place");
-                        retry_at = Some(Instant::now() + args.sync_period);
+                    Err(failed) => {
+                        // A full sync comes next; after a failed partial one (an element
+                        // someone else removed, say) it is tried at once, after a failed full
+                        // one after --sync-period, as upstream.
+                        let retry_in = if failed.kind == "partial" { args.min_sync_period } else { args.sync_period };
+                        tracing::warn!(error = %failed.error, reason = failed.error.reason(), kind = failed.kind, ?retry_in, "sync failed; the previous rules stay in place");
+                        retry_at = Some(Instant::now() + retry_in);
                     }
                 }
                 last_sync = Some(Instant::now());

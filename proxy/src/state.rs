@@ -28,6 +28,15 @@ const FAMILIES: [AddressType; 2] = [AddressType::V4, AddressType::V6];
 /// repairs anything else changed in them.
 const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
+/// A sync nft refused: which kind it was (`full` or `partial`) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} sync: {error}")]
+pub struct SyncError {
+    pub kind: &'static str,
+    #[source]
+    pub error: nft::Error,
+}
+
 /// Flags that shape the rules; the rest of [`Config`] comes from the API.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -58,6 +67,10 @@ pub struct State {
     last_full: Option<Instant>,
     /// UDP destinations per family and Service, as planned.
     udp: [HashMap<ObjectKey, UdpView>; 2],
+    /// Per family and Service, ports with a Local policy and endpoints only elsewhere
+    /// (internal, external), and their sums.
+    no_local: [HashMap<ObjectKey, [usize; 2]>; 2],
+    no_local_total: [usize; 2],
     /// UDP flows to delete once the rules that left them stale are in.
     stale: BTreeSet<Filter>,
     metrics: Metrics,
@@ -93,6 +106,8 @@ impl State {
             force_full: true,
             last_full: None,
             udp: Default::default(),
+            no_local: Default::default(),
+            no_local_total: [0, 0],
             stale: BTreeSet::new(),
             metrics,
         }
@@ -170,6 +185,18 @@ impl State {
                     plan::service(&mut p, family, &key, svc, endpoints.as_ref(), config);
                 }
                 self.tables[i].set(key.clone(), render::fragment(&p));
+                let before = if p.no_local == [0, 0] {
+                    self.no_local[i].remove(&key)
+                } else {
+                    self.no_local[i].insert(key.clone(), p.no_local)
+                };
+                for (total, (old, new)) in self
+                    .no_local_total
+                    .iter_mut()
+                    .zip(before.unwrap_or_default().into_iter().zip(p.no_local))
+                {
+                    *total = *total + new - old;
+                }
                 let view = UdpView::of(&p);
                 let before = self.udp[i].remove(&key).unwrap_or_default();
                 self.stale.extend(before.stale(&view));
@@ -212,7 +239,7 @@ impl State {
 
     /// Renders and applies what changed (or everything, see [`State::transaction`]). On
     /// failure the previous rules stay in place and the next sync is a full one.
-    pub fn sync(&mut self) -> Result<&'static str, nft::Error> {
+    pub fn sync(&mut self) -> Result<&'static str, SyncError> {
         let started = Instant::now();
         let (text, kind) = self.transaction();
         self.metrics.services(self.services.len());
@@ -237,13 +264,15 @@ impl State {
                     table.failed();
                 }
                 self.metrics.failed();
-                Err(error)
+                Err(SyncError { kind, error })
             }
         }
     }
 
     fn finish(&mut self, kind: &'static str, started: Instant) {
         self.metrics.synced(kind, started.elapsed());
+        self.metrics
+            .no_local(self.no_local_total[0], self.no_local_total[1]);
         let now = Timestamp::now();
         for t in self.triggers.drain(..) {
             if let Ok(took) = Duration::try_from(now.duration_since(t)) {

@@ -2,8 +2,8 @@
 //! two identical test labs, each a node namespace with its proxy, fed by one kube-apiserver
 //! holding the same Services and EndpointSlices; the same traffic from the same places must
 //! have the same outcome on both nodes (which endpoints answer, with which client address,
-//! rejected or dropped). Differences on purpose are listed in docs/proxy.md; none is exercised
-//! here.
+//! rejected or dropped, sticky or not, what the health check port answers). Differences on
+//! purpose are listed in docs/proxy.md; none is exercised here.
 
 mod common;
 
@@ -117,12 +117,31 @@ async fn start(env: &TestEnv, which: &'static str) -> Node {
 type Probe = (&'static str, &'static str, &'static str, u16);
 
 /// What one probe saw, as a set of distinct answers (who answered and the client address
-/// they saw, or `refused` / `timeout`).
+/// they saw, or `refused` / `timeout`). `sticky`: TCP, and only how many endpoints answered
+/// (which one a client sticks to is random). `http`: a GET of `/`, its status, load-balancing
+/// weight header and body byte for byte.
 fn outcome(lab: &Lab, (from, proto, ip, port): Probe) -> BTreeSet<String> {
-    let count = if proto == "tcp" { 16 } else { 8 };
-    lab.ask_fresh(from, proto, ip, port, count)
-        .into_keys()
-        .collect()
+    match proto {
+        "sticky" => {
+            let answers = lab.ask_fresh(from, "tcp", ip, port, 16);
+            let endpoints = answers.keys().filter(|a| a.starts_with("pod-")).count();
+            let other: Vec<&String> = answers.keys().filter(|a| !a.starts_with("pod-")).collect();
+            BTreeSet::from([format!("{endpoints} endpoint(s), other answers {other:?}")])
+        }
+        "http" => {
+            let a = lab.http_from(from, &format!("http://{ip}:{port}/"));
+            BTreeSet::from([format!(
+                "{} weight {:?} body {:?}",
+                a.status, a.weight, a.body
+            )])
+        }
+        _ => {
+            let count = if proto == "tcp" { 16 } else { 8 };
+            lab.ask_fresh(from, proto, ip, port, count)
+                .into_keys()
+                .collect()
+        }
+    }
 }
 
 /// Waits until both proxies synced after now, then compares every probe, retrying for a
@@ -282,12 +301,48 @@ async fn svcplane_proxy_and_kube_proxy_treat_the_same_traffic_the_same() {
     let services: Api<Service> = Api::namespaced(client.clone(), "demo");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "demo");
     let pp = PostParams::default();
+    let mut sticky = service("sticky", "10.96.0.53", "ClusterIP", None, false);
+    if let Some(spec) = sticky.spec.as_mut() {
+        spec.session_affinity = Some("ClientIP".into());
+    }
     for svc in [
         service("web", "10.96.0.50", "NodePort", Some(30080), false),
         service("local", "10.96.0.51", "NodePort", Some(30081), true),
         service("empty", "10.96.0.52", "ClusterIP", None, false),
+        sticky,
+        service("hairpin", "10.96.0.54", "ClusterIP", None, false),
     ] {
         services.create(&pp, &svc).await.expect("service");
+    }
+    // A LoadBalancer with externalTrafficPolicy Local: the API server allocates its
+    // healthCheckNodePort, which both proxies serve on the node's address.
+    let lb = services
+        .create(
+            &pp,
+            &service("lb", "10.96.0.55", "LoadBalancer", None, true),
+        )
+        .await
+        .expect("service");
+    let health_port = lb
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("healthCheckNodePort");
+    for (name, eps) in [
+        (
+            "sticky",
+            &[("10.244.1.5", "node", true), ("10.244.2.5", "other", true)][..],
+        ),
+        ("hairpin", &[("10.244.1.5", "node", true)][..]),
+        (
+            "lb",
+            &[("10.244.1.5", "node", true), ("10.244.2.5", "other", true)][..],
+        ),
+    ] {
+        slices
+            .create(&pp, &slice(&format!("{name}-1"), name, eps))
+            .await
+            .expect("slice");
     }
     slices
         .create(
@@ -312,6 +367,9 @@ async fn svcplane_proxy_and_kube_proxy_treat_the_same_traffic_the_same() {
         .await
         .expect("slice");
     let probes: &[Probe] = &[
+        ("client", "sticky", "10.96.0.53", 80),
+        ("pod-a", "tcp", "10.96.0.54", 80),
+        ("ext", "http", "192.0.2.10", health_port),
         ("client", "tcp", "10.96.0.50", 80),
         ("client", "udp", "10.96.0.50", 53),
         ("client", "tcp", "10.96.0.50", 81),
@@ -335,6 +393,17 @@ async fn svcplane_proxy_and_kube_proxy_treat_the_same_traffic_the_same() {
             &PatchParams::default(),
             &Patch::Merge(json!({"endpoints": [
                 {"addresses": ["10.244.1.5"], "conditions": {"ready": false, "serving": false}, "nodeName": "node"},
+                {"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "other"},
+            ]})),
+        )
+        .await
+        .expect("patch");
+    // The local endpoint of the LoadBalancer goes too: its health check says 503.
+    slices
+        .patch(
+            "lb-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"endpoints": [
                 {"addresses": ["10.244.2.5"], "conditions": {"ready": true}, "nodeName": "other"},
             ]})),
         )

@@ -177,6 +177,21 @@ fn no_endpoints_rejects_and_a_local_policy_without_local_endpoints_drops() {
         Some(&(Refuse::Drop, "ns/local:http".to_owned()))
     );
     assert!(p.cluster.is_empty());
+    // Counted as upstream's no_local_endpoints (both ports of `local`); `empty` has no
+    // endpoints at all and is not.
+    assert_eq!(p.no_local, [2, 0]);
+
+    // externalTrafficPolicy Local on a NodePort whose endpoints are elsewhere: external.
+    let np = Arc::new(Service {
+        external_traffic_policy: TrafficPolicy::Local,
+        ..(*service("np", &["10.96.0.14"], ServiceType::NodePort)).clone()
+    });
+    let eps = HashMap::from([(
+        np.key.clone(),
+        endpoints("np", &[("10.244.1.5", "node-b", true)]),
+    )]);
+    let p = run(AddressType::V4, &[np], &eps, &config());
+    assert_eq!(p.no_local, [0, 1], "only the port with a NodePort");
 }
 
 #[test]
