@@ -126,6 +126,31 @@ pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answ
     let lower = qname.to_ascii_lowercase();
     let owner = absolute(qname);
     let name = parse(&lower, &config.zone);
+    if let Some(zone) = reverse_zone(&lower) {
+        // The reverse zones, as kubeadm's Corefile serves them from the kubernetes plugin:
+        // SOA and NS at the apexes, SOA on any name below (NODATA), AXFR refused; PTR of a
+        // cluster address answered; everything else falls through to the forwarder.
+        let apex = lower.trim_end_matches('.') == zone;
+        match qtype {
+            QType::Axfr | QType::Ixfr => return Answer::empty(Rcode::Refused),
+            QType::Soa if apex => {
+                return authoritative(vec![soa_for(index, config, zone)], vec![]);
+            }
+            QType::Soa => {
+                return Answer {
+                    authority: Some(soa_for(index, config, zone)),
+                    ..authoritative(vec![], vec![])
+                };
+            }
+            QType::Ns if apex => {
+                let Lookup::Records(ns, glue) = nameservers_for(index, config, zone) else {
+                    return forward();
+                };
+                return authoritative(ns, glue);
+            }
+            _ => {}
+        }
+    }
     match name {
         QueryName::Outside => return forward(),
         QueryName::Reverse(ip) => return reverse(index, config, &owner, ip, qtype),
@@ -169,6 +194,27 @@ impl Answer {
     }
 }
 
+/// A positive authoritative answer.
+fn authoritative(answers: Vec<Record>, additionals: Vec<Record>) -> Answer {
+    Answer {
+        answers,
+        additionals,
+        authoritative: true,
+        ..Answer::empty(Rcode::NoError)
+    }
+}
+
+/// `in-addr.arpa` or `ip6.arpa` when `name` (lower-case) is that zone or below it.
+fn reverse_zone(name: &str) -> Option<&'static str> {
+    let name = name.trim_end_matches('.');
+    ["in-addr.arpa", "ip6.arpa"].into_iter().find(|zone| {
+        name == *zone
+            || name
+                .strip_suffix(zone)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
+
 fn forward() -> Answer {
     Answer {
         forward: true,
@@ -189,12 +235,17 @@ fn fqdn(key: &ObjectKey, zone: &str) -> String {
 }
 
 fn soa_record(index: &Index, config: &Config) -> Record {
+    soa_for(index, config, &config.zone)
+}
+
+/// The SOA of `zone` (the cluster zone or a reverse zone), as CoreDNS writes it.
+fn soa_for(index: &Index, config: &Config, zone: &str) -> Record {
     Record {
-        name: format!("{}.", config.zone),
+        name: format!("{zone}."),
         ttl: config.ttl,
         data: Rdata::Soa {
-            mname: format!("ns.dns.{}.", config.zone),
-            rname: format!("hostmaster.{}.", config.zone),
+            mname: format!("ns.dns.{zone}."),
+            rname: format!("hostmaster.{zone}."),
             serial: index.serial(),
             refresh: 7200,
             retry: 1800,
@@ -254,7 +305,17 @@ fn lookup(
             }],
             vec![],
         ),
-        QueryName::DnsVersion | QueryName::SvcRoot | QueryName::PodRoot => Lookup::NoData,
+        QueryName::DnsVersion
+        | QueryName::SvcRoot
+        | QueryName::PodRoot
+        | QueryName::PodNamespace => Lookup::NoData,
+        QueryName::NameServer => match qtype {
+            QType::A | QType::Aaaa => {
+                let ips = nameserver_ips(index, config);
+                addresses(owner, ttl, &ips, qtype)
+            }
+            _ => Lookup::NoData,
+        },
         QueryName::Namespace(ns) if index.has_namespace(ns) => Lookup::NoData,
         QueryName::Namespace(_) | QueryName::Invalid => Lookup::NxDomain,
         QueryName::Pod { namespace, ip } => {
@@ -310,6 +371,9 @@ fn lookup(
                 Lookup::NxDomain
             } else if matches!(qtype, QType::A | QType::Aaaa) {
                 addresses(owner, ttl, &ips, qtype)
+            } else if qtype == QType::Srv {
+                // As CoreDNS: one SRV per port of the endpoint's slice, naming the endpoint.
+                srv_headless(index, config, owner, svc, Wanted::Endpoint(endpoint))
             } else {
                 Lookup::NoData
             }
@@ -350,7 +414,7 @@ fn service_records(
         }
         return match qtype {
             QType::A | QType::Aaaa => addresses(owner, ttl, &ips, qtype),
-            QType::Srv => srv_headless(index, config, owner, svc, None),
+            QType::Srv => srv_headless(index, config, owner, svc, Wanted::All),
             _ => Lookup::NoData,
         };
     }
@@ -370,26 +434,25 @@ fn port_records(
     protocol: &str,
     qtype: QType,
 ) -> Lookup {
-    if svc.is_external_name() || port.is_empty() {
+    if svc.is_external_name() {
         return Lookup::NxDomain;
     }
     let matching: Vec<_> = svc
         .ports
         .iter()
-        .filter(|p| {
-            p.name.eq_ignore_ascii_case(port) && p.protocol.as_str().eq_ignore_ascii_case(protocol)
-        })
+        .filter(|p| label_matches(port, &p.name) && label_matches(protocol, p.protocol.as_str()))
         .collect();
     if matching.is_empty() {
         return Lookup::NxDomain;
     }
     if svc.is_headless() {
-        let ips = headless_ips(index, svc);
+        // As CoreDNS: only endpoints whose slice has the port.
+        let ips = headless_port_ips(index, svc, port, protocol);
         if ips.is_empty() {
             return Lookup::NxDomain;
         }
         return match qtype {
-            QType::Srv => srv_headless(index, config, owner, svc, Some((port, protocol))),
+            QType::Srv => srv_headless(index, config, owner, svc, Wanted::Port(port, protocol)),
             QType::A | QType::Aaaa => addresses(owner, config.ttl, &ips, qtype),
             _ => Lookup::NoData,
         };
@@ -399,6 +462,38 @@ fn port_records(
         QType::A | QType::Aaaa => addresses(owner, config.ttl, svc.cluster_ips(), qtype),
         _ => Lookup::NoData,
     }
+}
+
+/// A port or protocol label of a question against a Service's: an empty label (`_` alone)
+/// matches any, as in CoreDNS.
+fn label_matches(label: &str, value: &str) -> bool {
+    label.is_empty() || label.eq_ignore_ascii_case(value)
+}
+
+/// Ready endpoint addresses of a headless Service's slices that have the port, deduplicated.
+fn headless_port_ips(index: &Index, svc: &ZoneService, port: &str, protocol: &str) -> Vec<IpAddr> {
+    let mut seen = HashSet::new();
+    index
+        .endpoints(&svc.key)
+        .into_iter()
+        .flat_map(|e| e.slices.iter())
+        .filter(|slice| {
+            slice.ports.iter().any(|p| {
+                label_matches(port, &p.name) && label_matches(protocol, p.protocol.as_str())
+            })
+        })
+        .flat_map(|slice| slice.ready.iter())
+        .map(|e| e.ip)
+        .filter(|ip| seen.insert(*ip))
+        .collect()
+}
+
+/// Which SRV records of a headless Service: all, one port's, or one endpoint's.
+#[derive(Clone, Copy)]
+enum Wanted<'a> {
+    All,
+    Port(&'a str, &'a str),
+    Endpoint(&'a str),
 }
 
 /// Weight shared out as CoreDNS does: 100 split over the candidates, at least 1.
@@ -440,14 +535,15 @@ fn srv_cluster_ip(
     Lookup::Records(answers, additionals)
 }
 
-/// SRV records of a headless Service: one per ready endpoint and slice port (only the named
-/// port asked for, when `port` is given), targeting the endpoint's own name.
+/// SRV records of a headless Service: one per ready endpoint and slice port (only the port
+/// asked for, or only the endpoint asked for, as `wanted` says), targeting the endpoint's own
+/// name.
 fn srv_headless(
     index: &Index,
     config: &Config,
     owner: &str,
     svc: &ZoneService,
-    port: Option<(&str, &str)>,
+    wanted: Wanted<'_>,
 ) -> Lookup {
     let mut candidates = Vec::new();
     for slice in index
@@ -455,14 +551,19 @@ fn srv_headless(
         .into_iter()
         .flat_map(|e| e.slices.iter())
     {
-        let ports = slice.ports.iter().filter(|p| match port {
-            Some((name, proto)) => {
-                p.name.eq_ignore_ascii_case(name) && p.protocol.as_str().eq_ignore_ascii_case(proto)
+        let ports = slice.ports.iter().filter(|p| match wanted {
+            Wanted::Port(name, proto) => {
+                label_matches(name, &p.name) && label_matches(proto, p.protocol.as_str())
             }
-            None => true,
+            Wanted::All | Wanted::Endpoint(_) => true,
         });
         for p in ports {
             for endpoint in slice.ready.iter() {
+                if let Wanted::Endpoint(label) = wanted
+                    && !endpoint.label().eq_ignore_ascii_case(label)
+                {
+                    continue;
+                }
                 let target = format!("{}.{}", endpoint.label(), fqdn(&svc.key, &config.zone));
                 candidates.push((target, p.port, endpoint.ip));
             }
@@ -547,22 +648,32 @@ fn external_name(
     }
 }
 
-/// The apex NS: the name-server Service's name, with its cluster IPs as glue.
-fn nameservers(index: &Index, config: &Config) -> Lookup {
+/// The cluster IPs of the name-server Service (none when it does not exist).
+fn nameserver_ips(index: &Index, config: &Config) -> Vec<IpAddr> {
     let key = &config.nameserver;
-    let Some(svc) = index.service(&key.namespace, &key.name) else {
-        return Lookup::NoData;
-    };
-    let name = fqdn(key, &config.zone);
+    index
+        .service(&key.namespace, &key.name)
+        .map(|svc| svc.cluster_ips().to_vec())
+        .unwrap_or_default()
+}
+
+/// The apex NS: `ns.dns.<zone>` (the name the SOA gives as the primary server, as CoreDNS),
+/// with the name-server Service's cluster IPs as glue; without that Service, the NS record
+/// alone.
+fn nameservers(index: &Index, config: &Config) -> Lookup {
+    nameservers_for(index, config, &config.zone)
+}
+
+fn nameservers_for(index: &Index, config: &Config, zone: &str) -> Lookup {
+    let name = format!("ns.dns.{zone}.");
     let ns = Record {
-        name: format!("{}.", config.zone),
+        name: format!("{zone}."),
         ttl: config.ttl,
         data: Rdata::Ns(name.clone()),
     };
-    let glue = svc
-        .cluster_ips()
-        .iter()
-        .map(|ip| address(&name, config.ttl, *ip))
+    let glue = nameserver_ips(index, config)
+        .into_iter()
+        .map(|ip| address(&name, config.ttl, ip))
         .collect();
     Lookup::Records(vec![ns], glue)
 }

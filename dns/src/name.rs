@@ -17,6 +17,10 @@ pub enum QueryName<'a> {
     PodRoot,
     /// `<ns>.svc.<zone>`.
     Namespace(&'a str),
+    /// `ns.dns.<zone>`: the name server the zone's SOA and NS name.
+    NameServer,
+    /// `<label>.pod.<zone>`: no pod name (CoreDNS answers NODATA).
+    PodNamespace,
     /// `<svc>.<ns>.svc.<zone>`.
     Service {
         namespace: &'a str,
@@ -71,6 +75,8 @@ pub fn parse<'a>(name: &'a str, zone: &str) -> QueryName<'a> {
         ["dns-version"] => QueryName::DnsVersion,
         ["svc"] => QueryName::SvcRoot,
         ["pod"] => QueryName::PodRoot,
+        ["dns", "ns"] => QueryName::NameServer,
+        ["pod", _] => QueryName::PodNamespace,
         ["svc", ns] => QueryName::Namespace(ns),
         ["svc", ns, svc] => QueryName::Service {
             namespace: ns,

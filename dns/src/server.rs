@@ -248,6 +248,8 @@ impl Handler {
             let mut edns = Edns::new();
             edns.set_max_payload(req.max_payload().max(512));
             edns.set_version(EDNS_VERSION);
+            // RFC 3225: the DO bit of the query is copied into the reply.
+            edns.set_dnssec_ok(req.flags().dnssec_ok);
             edns
         });
         let info = match self.validate(request) {
@@ -318,11 +320,31 @@ impl Handler {
                 }
             }
         }
-        let additionals = wire_all(&result.additionals);
-        let soa: Vec<WireRecord> = result.authority.iter().filter_map(wire).collect();
+        let mut additionals = wire_all(&result.additionals);
+        let mut soa: Vec<WireRecord> = result.authority.iter().filter_map(wire).collect();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = result.authoritative;
         metadata.response_code = rcode(result.rcode);
+        // Too big for the client's UDP size: the additional section goes first; if that is not
+        // enough, as many answers as fit and TC, so the client asks again over TCP. The OPT
+        // record always stays (RFC 6891).
+        match udp_fit(
+            request,
+            &metadata,
+            &answers,
+            &soa,
+            &additionals,
+            response_edns,
+        ) {
+            Fit::All => {}
+            Fit::WithoutAdditionals => additionals.clear(),
+            Fit::Answers(n) => {
+                answers.truncate(n);
+                soa.clear();
+                additionals.clear();
+                metadata.truncation = true;
+            }
+        }
         let response = MessageResponseBuilder::new(&request.queries, response_edns).build(
             metadata,
             answers.iter(),
@@ -338,6 +360,72 @@ impl Handler {
             }
         }
     }
+}
+
+/// The size of a response as encoded, with no limit.
+fn encoded_len(
+    request: &Request,
+    metadata: &Metadata,
+    answers: &[WireRecord],
+    authority: &[WireRecord],
+    additionals: &[WireRecord],
+    edns: Option<&Edns>,
+) -> usize {
+    let response = MessageResponseBuilder::new(&request.queries, edns).build(
+        *metadata,
+        answers.iter(),
+        std::iter::empty(),
+        authority.iter(),
+        additionals.iter(),
+    );
+    let mut buf = Vec::with_capacity(512);
+    let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut buf);
+    // An encoding error shows up when the response is sent.
+    let _ = response.destructive_emit(&mut encoder);
+    buf.len()
+}
+
+/// How much of an answer goes into a UDP response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    All,
+    /// The additional section is dropped (no TC: it is optional data).
+    WithoutAdditionals,
+    /// Only this many answers, and TC.
+    Answers(usize),
+}
+
+/// For a UDP request whose full answer exceeds the client's size (its EDNS payload size, or
+/// 512): what fits with the OPT record kept (RFC 6891).
+fn udp_fit(
+    request: &Request,
+    metadata: &Metadata,
+    answers: &[WireRecord],
+    authority: &[WireRecord],
+    additionals: &[WireRecord],
+    edns: Option<&Edns>,
+) -> Fit {
+    if request.protocol() != hickory_server::net::xfer::Protocol::Udp {
+        return Fit::All;
+    }
+    let limit = usize::from(edns.map_or(512, |e| e.max_payload().max(512)));
+    if encoded_len(request, metadata, answers, authority, additionals, edns) <= limit {
+        return Fit::All;
+    }
+    if encoded_len(request, metadata, answers, authority, &[], edns) <= limit {
+        return Fit::WithoutAdditionals;
+    }
+    // The largest prefix of the answers that fits, by bisection (none always fits).
+    let (mut fits, mut too_many) = (0, answers.len());
+    while too_many - fits > 1 {
+        let mid = (fits + too_many) / 2;
+        if encoded_len(request, metadata, &answers[..mid], &[], &[], edns) <= limit {
+            fits = mid;
+        } else {
+            too_many = mid;
+        }
+    }
+    Fit::Answers(fits)
 }
 
 /// Captures an encoded response in memory, for [`Handler::respond_to_bytes`].

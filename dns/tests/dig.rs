@@ -194,6 +194,19 @@ async fn dig_over_udp_and_tcp() {
     let out = dig_async(a, &["+short", "dns-version.cluster.local", "TXT"]).await;
     assert_eq!(out.trim(), "\"1.1.0\"");
 
+    // The name server the SOA names, and the reverse zones' apexes (kubeadm's Corefile serves
+    // them from the kubernetes plugin).
+    let out = dig_async(a, &["+short", "ns.dns.cluster.local", "A"]).await;
+    assert_eq!(out.trim(), "", "no kube-dns Service in this index: NODATA");
+    let out = dig_async(a, &["in-addr.arpa", "SOA"]).await;
+    assert!(
+        out.contains("in-addr.arpa.\t\t5\tIN\tSOA\tns.dns.in-addr.arpa. hostmaster.in-addr.arpa."),
+        "{out}"
+    );
+    let out = dig_async(a, &["1.2.0.192.in-addr.arpa", "SOA"]).await;
+    assert!(out.contains("status: NOERROR") && out.contains("ANSWER: 0"), "{out}");
+    assert!(out.contains("AUTHORITY: 1"), "{out}");
+
     let out = dig_async(a, &["cluster.local", "AXFR"]).await;
     assert!(
         out.contains("Transfer failed") || out.contains("REFUSED"),
@@ -213,6 +226,31 @@ async fn answers_fit_the_clients_buffer() {
     )
     .await;
     assert!(flags(&out).contains(" tc"), "TC without EDNS: {out}");
+    // EDNS with a 512-byte buffer: truncated, and the OPT record is still there (RFC 6891);
+    // the DO bit of the query comes back (RFC 3225).
+    let out = dig_async(
+        a,
+        &[
+            "+bufsize=512",
+            "+dnssec",
+            "+ignore",
+            "big.shop.svc.cluster.local",
+            "A",
+        ],
+    )
+    .await;
+    assert!(flags(&out).contains(" tc"), "TC: {out}");
+    assert!(out.contains("OPT PSEUDOSECTION"), "OPT kept when truncated: {out}");
+    assert!(out.contains("; EDNS: version: 0, flags: do;"), "DO copied: {out}");
+    let answers = out
+        .lines()
+        .filter(|l| l.starts_with("big.shop.svc.cluster.local."))
+        .count();
+    assert!(answers > 10, "as many answers as fit: {out}");
+    let out = dig_async(a, &["+dnssec", "web.shop.svc.cluster.local", "A"]).await;
+    assert!(out.contains("; EDNS: version: 0, flags: do;"), "DO copied: {out}");
+    let out = dig_async(a, &["web.shop.svc.cluster.local", "A"]).await;
+    assert!(out.contains("; EDNS: version: 0, flags:;"), "no DO when not asked: {out}");
     // A large EDNS buffer holds all 100 records.
     let out = dig_async(
         a,

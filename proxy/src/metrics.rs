@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    exponential_buckets,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts,
+    Registry, exponential_buckets,
 };
 
 #[derive(Debug, Clone)]
@@ -13,7 +13,7 @@ pub struct Metrics {
     sync_failures: IntCounter,
     programming: Histogram,
     pending: IntGauge,
-    last_sync: IntGauge,
+    last_sync: Gauge,
     services: IntGauge,
     conntrack_deleted: IntCounter,
     conntrack_failures: IntCounter,
@@ -46,9 +46,9 @@ impl Metrics {
                 "svcplane_proxy_pending_changes",
                 "Service and endpoint changes received but not yet in the rules.",
             )?,
-            last_sync: IntGauge::new(
+            last_sync: Gauge::new(
                 "svcplane_proxy_last_sync_timestamp_seconds",
-                "Unix time of the last successful sync.",
+                "Unix time of the last successful sync (set when its transaction has committed).",
             )?,
             services: IntGauge::new(
                 "svcplane_proxy_services",
@@ -88,9 +88,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_sync.set(i64::try_from(now).unwrap_or(i64::MAX));
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_sync.set(now);
     }
 
     pub fn failed(&self) {

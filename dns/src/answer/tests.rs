@@ -293,7 +293,6 @@ fn answers_table() {
             NX,
             vec![],
         ),
-        ("_._tcp.web.shop.svc.cluster.local.", QType::Srv, NX, vec![]),
         // Headless: ready endpoints only, by hostname or dashed IP.
         (
             "db.shop.svc.cluster.local.",
@@ -401,7 +400,7 @@ fn answers_table() {
             "cluster.local.",
             QType::Ns,
             OK,
-            vec!["cluster.local. 5 NS kube-dns.kube-system.svc.cluster.local."],
+            vec!["cluster.local. 5 NS ns.dns.cluster.local."],
         ),
     ];
     for (name, qtype, rcode, want) in cases {
@@ -440,8 +439,93 @@ fn srv_answers_carry_addresses_in_the_additional_section() {
     let got = answer(&index, &config(), "cluster.local.", QType::Ns);
     assert_eq!(
         lines(&got.additionals),
-        ["kube-dns.kube-system.svc.cluster.local. 5 A 10.96.0.10"]
+        ["ns.dns.cluster.local. 5 A 10.96.0.10"]
     );
+}
+
+/// Where CoreDNS's behaviour is what clients rely on (issue 12; docs/dns.md).
+#[test]
+fn coredns_parity_table() {
+    let mut index = cluster();
+    // A headless Service whose two slices have different ports.
+    let multi = service(
+        "shop",
+        "multi",
+        ClusterIps::Headless,
+        vec![
+            port("pg", Protocol::Tcp, 5432),
+            port("metrics", Protocol::Tcp, 9187),
+        ],
+    );
+    index.apply_service(multi.key.clone(), Some(Arc::new(ZoneService::from(&multi))));
+    let mut eps = slice(
+        "shop",
+        "multi",
+        vec![("pg", Protocol::Tcp, 5432)],
+        vec![endpoint("10.244.5.1", Some("pg-0"), true)],
+    );
+    let metrics = slice(
+        "shop",
+        "multi-metrics",
+        vec![("metrics", Protocol::Tcp, 9187)],
+        vec![endpoint("10.244.5.2", None, true)],
+    );
+    eps.slices.extend(metrics.slices);
+    index.apply_endpoints(multi.key.clone(), Some(eps));
+    let cfg = config();
+    let cases: Vec<(&str, QType, Rcode, Vec<&str>)> = vec![
+        // The name server the SOA names: the kube-dns Service's cluster IPs.
+        (
+            "ns.dns.cluster.local.",
+            QType::A,
+            OK,
+            vec!["ns.dns.cluster.local. 5 A 10.96.0.10"],
+        ),
+        ("ns.dns.cluster.local.", QType::Aaaa, OK, vec![]),
+        // A headless port name: only endpoints whose slice has the port.
+        (
+            "_pg._tcp.multi.shop.svc.cluster.local.",
+            QType::A,
+            OK,
+            vec!["_pg._tcp.multi.shop.svc.cluster.local. 5 A 10.244.5.1"],
+        ),
+        (
+            "_metrics._tcp.multi.shop.svc.cluster.local.",
+            QType::A,
+            OK,
+            vec!["_metrics._tcp.multi.shop.svc.cluster.local. 5 A 10.244.5.2"],
+        ),
+        // Empty port or protocol labels match any.
+        (
+            "_._tcp.web.shop.svc.cluster.local.",
+            QType::Srv,
+            OK,
+            vec!["_._tcp.web.shop.svc.cluster.local. 5 SRV 0 100 80 web.shop.svc.cluster.local."],
+        ),
+        (
+            "_dns._.web.shop.svc.cluster.local.",
+            QType::Srv,
+            OK,
+            vec!["_dns._.web.shop.svc.cluster.local. 5 SRV 0 100 53 web.shop.svc.cluster.local."],
+        ),
+        ("_._udp.db.shop.svc.cluster.local.", QType::Srv, NX, vec![]),
+        // SRV on an endpoint's name: one per port of its slice, naming the endpoint.
+        (
+            "pg-0.multi.shop.svc.cluster.local.",
+            QType::Srv,
+            OK,
+            vec![
+                "pg-0.multi.shop.svc.cluster.local. 5 SRV 0 100 5432 pg-0.multi.shop.svc.cluster.local.",
+            ],
+        ),
+        // One label under pod.<zone>: no such pod name, but not a missing name either.
+        ("10-244-1-5.pod.cluster.local.", QType::A, OK, vec![]),
+    ];
+    for (name, qtype, rcode, want) in cases {
+        let got = answer(&index, &cfg, name, qtype);
+        assert_eq!(got.rcode, rcode, "{name} {qtype:?}: {got:?}");
+        assert_eq!(lines(&got.answers), want, "{name} {qtype:?}");
+    }
 }
 
 #[test]
