@@ -393,41 +393,10 @@ fn a_sync_keeps_established_flows() {
 
 /// The proxy's own sync (full, then partial) in the lab's node namespace.
 fn lab_state(lab: &Lab) -> svcplane_proxy::state::State {
-    use svcplane_proxy::state::{Settings, State};
-    let settings = Settings {
-        node_name: "node".into(),
-        nodeport_addresses: NodePortAddresses::Primary,
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().expect("cidr"),
-            "fd00:10:244::/48".parse().expect("cidr"),
-        ],
-        masquerade_all: false,
-        masquerade_bit: 14,
-        detect_local: Default::default(),
-    };
-    let metrics =
-        svcplane_proxy::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
-    let mut s = State::new(
-        settings,
+    common::proxy_state(
         Box::new(lab.nft()),
         Box::new(ConntrackCli::in_netns(&lab.ns("node"))),
-        metrics,
-    );
-    let node = svcplane_model::Node {
-        name: "node".into(),
-        zone: None,
-        addresses: vec![
-            "192.0.2.10".parse().expect("ip"),
-            "2001:db8::10".parse().expect("ip"),
-        ],
-        allocatable_cpu_millis: None,
-        ready: true,
-        control_plane: false,
-        pod_cidrs: Vec::new(),
-    };
-    s.nodes
-        .apply(ObjectKey::new("", "node"), Some(Arc::new(node)));
-    s
+    )
 }
 
 fn put(

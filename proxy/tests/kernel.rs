@@ -10,15 +10,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use svcplane_model::{
-    AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, Node, ObjectKey,
+    AddressType, ClusterIps, Conditions, Endpoint, EndpointPort, EndpointSlice, ObjectKey,
     Protocol, Service, ServiceCidr, ServicePort, ServiceType, SessionAffinity, TargetPort,
     TrafficPolicy,
 };
 use svcplane_proxy::conntrack::FakeConntrack;
-use svcplane_proxy::metrics::Metrics;
 use svcplane_proxy::nft::{Nft, NftCli};
-use svcplane_proxy::plan::NodePortAddresses;
-use svcplane_proxy::state::{Settings, State};
+use svcplane_proxy::state::State;
 use svcplane_testenv::rng::Rng;
 
 /// Network namespaces of one test, deleted on drop.
@@ -47,38 +45,10 @@ impl Drop for Namespaces {
 }
 
 fn state(ns: &str) -> State {
-    let settings = Settings {
-        node_name: "node-a".into(),
-        nodeport_addresses: NodePortAddresses::Primary,
-        cluster_cidrs: vec![
-            "10.244.0.0/16".parse().expect("cidr"),
-            "fd00:10:244::/56".parse().expect("cidr"),
-        ],
-        masquerade_all: false,
-        masquerade_bit: 14,
-        detect_local: Default::default(),
-    };
-    let metrics = Metrics::register(&prometheus::Registry::new()).expect("metrics");
-    let mut s = State::new(
-        settings,
+    let mut s = common::proxy_state(
         Box::new(NftCli::in_netns(ns)),
         Box::new(FakeConntrack::default()),
-        metrics,
     );
-    let node = Node {
-        name: "node-a".into(),
-        zone: None,
-        addresses: vec![
-            "192.0.2.10".parse().expect("ip"),
-            "2001:db8::10".parse().expect("ip"),
-        ],
-        allocatable_cpu_millis: None,
-        ready: true,
-        control_plane: false,
-        pod_cidrs: Vec::new(),
-    };
-    s.nodes
-        .apply(ObjectKey::new("", "node-a"), Some(Arc::new(node)));
     let cidrs = ServiceCidr {
         key: ObjectKey::new("", "kubernetes"),
         cidrs: vec![
@@ -176,7 +146,7 @@ fn world(i: u16, rng: &mut Rng) -> Live {
                 terminating: Some(false),
             },
             hostname: None,
-            node_name: Some(["node-a", "node-b"][rng.below(2)].into()),
+            node_name: Some(["node", "node-b"][rng.below(2)].into()),
             zone: None,
             hints: None,
             target_pod: None,

@@ -53,6 +53,47 @@ pub fn web_service() -> k8s_openapi::api::core::v1::Service {
     }
 }
 
+/// svcplane-proxy's sync state as the tests run it, applying through `nft` and `conntrack`:
+/// node `node` (192.0.2.10, 2001:db8::10), pod CIDRs 10.244.0.0/16 and fd00:10:244::/48,
+/// NodePorts on the primary addresses.
+pub fn proxy_state(
+    nft: Box<dyn svcplane_proxy::nft::Nft>,
+    conntrack: Box<dyn svcplane_proxy::conntrack::Conntrack>,
+) -> svcplane_proxy::state::State {
+    use svcplane_proxy::state::{Settings, State};
+    let settings = Settings {
+        node_name: "node".into(),
+        nodeport_addresses: svcplane_proxy::plan::NodePortAddresses::Primary,
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "fd00:10:244::/48".parse().expect("cidr"),
+        ],
+        masquerade_all: false,
+        masquerade_bit: 14,
+        detect_local: Default::default(),
+    };
+    let metrics =
+        svcplane_proxy::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
+    let mut s = State::new(settings, nft, conntrack, metrics);
+    let node = svcplane_model::Node {
+        name: "node".into(),
+        zone: None,
+        addresses: vec![
+            "192.0.2.10".parse().expect("ip"),
+            "2001:db8::10".parse().expect("ip"),
+        ],
+        allocatable_cpu_millis: None,
+        ready: true,
+        control_plane: false,
+        pod_cidrs: Vec::new(),
+    };
+    s.nodes.apply(
+        svcplane_model::ObjectKey::new("", "node"),
+        Some(std::sync::Arc::new(node)),
+    );
+    s
+}
+
 /// What [`Lab::http_from`] got.
 #[derive(Debug, Clone)]
 pub struct HttpAnswer {
@@ -473,13 +514,8 @@ impl Lab {
     /// GET http://127.0.0.1:`port``path` inside the node namespace (an admin or metrics
     /// endpoint of the proxy running there); empty when nothing answers.
     pub fn node_http(&self, port: u16, path: &str) -> String {
-        let script = "import sys, urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())\nexcept Exception:\n    pass";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("node"), "python3", "-c", script])
-            .arg(format!("http://127.0.0.1:{port}{path}"))
-            .output()
-            .expect("python3");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.http_from("node", &format!("http://127.0.0.1:{port}{path}"))
+            .body
     }
 
     /// GET `url` from namespace `from`: status (0 when nothing answered), the
