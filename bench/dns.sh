@@ -23,11 +23,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release -q -p svcplane-dns -p svcplane-testenv --bins --examples
-coredns=${SVCPLANE_CACHE_DIR:-$HOME/.cache/svcplane}/bench/coredns-v1.15.0
-if [ ! -x "$coredns" ]; then
-    mkdir -p "$(dirname "$coredns")"
-    (cd bench/coredns && go build -trimpath -buildvcs=false -o "$coredns" .)
-fi
+coredns=$(bench/coredns/build.sh)
 
 target/release/svcplane-testenv >"$work/cp.out" 2>"$work/cp.err" &
 pids+=($!)

@@ -148,6 +148,17 @@ pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answ
                 };
                 return authoritative(ns, glue);
             }
+            QType::Txt if lower.trim_end_matches('.') == format!("dns-version.{zone}") => {
+                return authoritative(vec![dns_version(&owner)], vec![]);
+            }
+            // As CoreDNS: TXT is looked up as a name and falls through to the forwarder.
+            QType::Txt => {}
+            _ if apex => {
+                return Answer {
+                    authority: Some(soa_for(index, config, zone)),
+                    ..authoritative(vec![], vec![])
+                };
+            }
             _ => {}
         }
     }
@@ -255,6 +266,14 @@ fn soa_for(index: &Index, config: &Config, zone: &str) -> Record {
     }
 }
 
+fn dns_version(owner: &str) -> Record {
+    Record {
+        name: owner.to_owned(),
+        ttl: DNS_VERSION_TTL,
+        data: Rdata::Txt(DNS_VERSION.to_owned()),
+    }
+}
+
 fn address(owner: &str, ttl: u32, ip: IpAddr) -> Record {
     Record {
         name: owner.to_owned(),
@@ -297,18 +316,13 @@ fn lookup(
             QType::Ns => nameservers(index, config),
             _ => Lookup::NoData,
         },
-        QueryName::DnsVersion if qtype == QType::Txt => Lookup::Records(
-            vec![Record {
-                name: owner.to_owned(),
-                ttl: DNS_VERSION_TTL,
-                data: Rdata::Txt(DNS_VERSION.to_owned()),
-            }],
-            vec![],
-        ),
-        QueryName::DnsVersion
-        | QueryName::SvcRoot
-        | QueryName::PodRoot
-        | QueryName::PodNamespace => Lookup::NoData,
+        QueryName::DnsVersion if qtype == QType::Txt => {
+            Lookup::Records(vec![dns_version(owner)], vec![])
+        }
+        QueryName::DnsVersion | QueryName::SvcRoot | QueryName::PodRoot => Lookup::NoData,
+        // As CoreDNS: an existing namespace is NODATA, anything else does not exist.
+        QueryName::PodNamespace(ns) if index.has_namespace(ns) => Lookup::NoData,
+        QueryName::PodNamespace(_) => Lookup::NxDomain,
         QueryName::NameServer => match qtype {
             QType::A | QType::Aaaa => {
                 let ips = nameserver_ips(index, config);
@@ -347,6 +361,11 @@ fn lookup(
             let Some(svc) = index.service(namespace, service) else {
                 return Lookup::NxDomain;
             };
+            if port.is_empty() && protocol.is_empty() {
+                // `_._.<svc>`: both labels match anything, port-less slices and ExternalName
+                // Services included, so it answers as the Service's own name (CoreDNS).
+                return service_records(index, config, owner, svc, qtype, depth);
+            }
             port_records(index, config, owner, svc, port, protocol, qtype)
         }
         QueryName::Endpoint {
@@ -657,21 +676,27 @@ fn nameserver_ips(index: &Index, config: &Config) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// The apex NS: `ns.dns.<zone>` (the name the SOA gives as the primary server, as CoreDNS),
-/// with the name-server Service's cluster IPs as glue; without that Service, the NS record
-/// alone.
+/// The apex NS, as CoreDNS in a cluster answers it: the name-server Service's name in the
+/// cluster zone, with its cluster IPs as glue; without that Service, `ns.dns.<zone>` (the name
+/// the SOA gives) and no glue.
 fn nameservers(index: &Index, config: &Config) -> Lookup {
     nameservers_for(index, config, &config.zone)
 }
 
 fn nameservers_for(index: &Index, config: &Config, zone: &str) -> Lookup {
-    let name = format!("ns.dns.{zone}.");
+    let key = &config.nameserver;
+    let ips = nameserver_ips(index, config);
+    let name = if ips.is_empty() && index.service(&key.namespace, &key.name).is_none() {
+        format!("ns.dns.{zone}.")
+    } else {
+        fqdn(key, &config.zone)
+    };
     let ns = Record {
         name: format!("{zone}."),
         ttl: config.ttl,
         data: Rdata::Ns(name.clone()),
     };
-    let glue = nameserver_ips(index, config)
+    let glue = ips
         .into_iter()
         .map(|ip| address(&name, config.ttl, ip))
         .collect();

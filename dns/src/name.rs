@@ -19,8 +19,8 @@ pub enum QueryName<'a> {
     Namespace(&'a str),
     /// `ns.dns.<zone>`: the name server the zone's SOA and NS name.
     NameServer,
-    /// `<label>.pod.<zone>`: no pod name (CoreDNS answers NODATA).
-    PodNamespace,
+    /// `<ns>.pod.<zone>`: a namespace under `pod`, no pod name.
+    PodNamespace(&'a str),
     /// `<svc>.<ns>.svc.<zone>`.
     Service {
         namespace: &'a str,
@@ -76,7 +76,7 @@ pub fn parse<'a>(name: &'a str, zone: &str) -> QueryName<'a> {
         ["svc"] => QueryName::SvcRoot,
         ["pod"] => QueryName::PodRoot,
         ["dns", "ns"] => QueryName::NameServer,
-        ["pod", _] => QueryName::PodNamespace,
+        ["pod", ns] => QueryName::PodNamespace(ns),
         ["svc", ns] => QueryName::Namespace(ns),
         ["svc", ns, svc] => QueryName::Service {
             namespace: ns,

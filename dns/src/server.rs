@@ -91,7 +91,7 @@ fn rcode(r: Rcode) -> ResponseCode {
 /// Encodes a model record; `None` (logged) for a name that is not a valid DNS name, which can
 /// only come from object data, e.g. an over-long ExternalName.
 fn wire(record: &Record) -> Option<WireRecord> {
-    let name = |n: &str| Name::from_ascii(n).ok();
+    let name = wire_name;
     let data = match &record.data {
         Rdata::A(ip) => RData::A(A(*ip)),
         Rdata::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
@@ -281,7 +281,7 @@ impl Handler {
         mut handle: R,
     ) -> ResponseInfo {
         let original = info.query.original();
-        let qname = original.name().to_ascii();
+        let qname = presentation(original.name());
         let index = self.index.load();
         let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
         if result.forward {
@@ -360,6 +360,41 @@ impl Handler {
             }
         }
     }
+}
+
+/// A name of ours as a wire name. Plain labels are taken as they are: hickory's text parser
+/// refuses a label that starts with `-`, which IPv6 pod labels do (`--1`).
+fn wire_name(text: &str) -> Option<Name> {
+    Name::from_ascii(text).ok().or_else(|| {
+        let labels = text.trim_end_matches('.').split('.').map(str::as_bytes);
+        let mut name = Name::from_labels(labels).ok()?;
+        name.set_fqdn(true);
+        Some(name)
+    })
+}
+
+/// A question's name as text without escapes where none is needed to read it back: hickory
+/// escapes a label's leading `-` (`\--1`), which is a plain IPv6 pod label here. A label
+/// holding a dot or a byte outside printable ASCII keeps the escaped form, which matches no
+/// cluster name.
+fn presentation(name: &Name) -> String {
+    let plain = name.iter().all(|label| {
+        label
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b'.' && *b != b'\\')
+    });
+    if !plain {
+        return name.to_ascii();
+    }
+    let mut text = String::new();
+    for label in name.iter() {
+        text.push_str(&String::from_utf8_lossy(label));
+        text.push('.');
+    }
+    if text.is_empty() {
+        text.push('.');
+    }
+    text
 }
 
 /// The size of a response as encoded, with no limit.
@@ -496,12 +531,36 @@ async fn relay<R: ResponseHandler>(
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.response_code = reply.rcode;
     metadata.recursion_available = true;
+    let Reply {
+        mut answers,
+        mut authorities,
+        mut additionals,
+        ..
+    } = reply;
+    // Cut to the client's UDP size as local answers are, the OPT record kept.
+    match udp_fit(
+        request,
+        &metadata,
+        &answers,
+        &authorities,
+        &additionals,
+        edns,
+    ) {
+        Fit::All => {}
+        Fit::WithoutAdditionals => additionals.clear(),
+        Fit::Answers(n) => {
+            answers.truncate(n);
+            authorities.clear();
+            additionals.clear();
+            metadata.truncation = true;
+        }
+    }
     let response = MessageResponseBuilder::new(&request.queries, edns).build(
         metadata,
-        reply.answers.iter(),
-        reply.authorities.iter(),
+        answers.iter(),
+        authorities.iter(),
         std::iter::empty(),
-        reply.additionals.iter(),
+        additionals.iter(),
     );
     match handle.send_response(response).await {
         Ok(info) => info,

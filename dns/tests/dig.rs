@@ -204,7 +204,10 @@ async fn dig_over_udp_and_tcp() {
         "{out}"
     );
     let out = dig_async(a, &["1.2.0.192.in-addr.arpa", "SOA"]).await;
-    assert!(out.contains("status: NOERROR") && out.contains("ANSWER: 0"), "{out}");
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "{out}"
+    );
     assert!(out.contains("AUTHORITY: 1"), "{out}");
 
     let out = dig_async(a, &["cluster.local", "AXFR"]).await;
@@ -240,17 +243,29 @@ async fn answers_fit_the_clients_buffer() {
     )
     .await;
     assert!(flags(&out).contains(" tc"), "TC: {out}");
-    assert!(out.contains("OPT PSEUDOSECTION"), "OPT kept when truncated: {out}");
-    assert!(out.contains("; EDNS: version: 0, flags: do;"), "DO copied: {out}");
+    assert!(
+        out.contains("OPT PSEUDOSECTION"),
+        "OPT kept when truncated: {out}"
+    );
+    assert!(
+        out.contains("; EDNS: version: 0, flags: do;"),
+        "DO copied: {out}"
+    );
     let answers = out
         .lines()
         .filter(|l| l.starts_with("big.shop.svc.cluster.local."))
         .count();
     assert!(answers > 10, "as many answers as fit: {out}");
     let out = dig_async(a, &["+dnssec", "web.shop.svc.cluster.local", "A"]).await;
-    assert!(out.contains("; EDNS: version: 0, flags: do;"), "DO copied: {out}");
+    assert!(
+        out.contains("; EDNS: version: 0, flags: do;"),
+        "DO copied: {out}"
+    );
     let out = dig_async(a, &["web.shop.svc.cluster.local", "A"]).await;
-    assert!(out.contains("; EDNS: version: 0, flags:;"), "no DO when not asked: {out}");
+    assert!(
+        out.contains("; EDNS: version: 0, flags:;"),
+        "no DO when not asked: {out}"
+    );
     // A large EDNS buffer holds all 100 records.
     let out = dig_async(
         a,

@@ -400,7 +400,7 @@ fn answers_table() {
             "cluster.local.",
             QType::Ns,
             OK,
-            vec!["cluster.local. 5 NS ns.dns.cluster.local."],
+            vec!["cluster.local. 5 NS kube-dns.kube-system.svc.cluster.local."],
         ),
     ];
     for (name, qtype, rcode, want) in cases {
@@ -439,7 +439,7 @@ fn srv_answers_carry_addresses_in_the_additional_section() {
     let got = answer(&index, &config(), "cluster.local.", QType::Ns);
     assert_eq!(
         lines(&got.additionals),
-        ["ns.dns.cluster.local. 5 A 10.96.0.10"]
+        ["kube-dns.kube-system.svc.cluster.local. 5 A 10.96.0.10"]
     );
 }
 
@@ -518,8 +518,40 @@ fn coredns_parity_table() {
                 "pg-0.multi.shop.svc.cluster.local. 5 SRV 0 100 5432 pg-0.multi.shop.svc.cluster.local.",
             ],
         ),
-        // One label under pod.<zone>: no such pod name, but not a missing name either.
-        ("10-244-1-5.pod.cluster.local.", QType::A, OK, vec![]),
+        // One label under pod.<zone>: an existing namespace is NODATA, anything else NXDOMAIN.
+        ("shop.pod.cluster.local.", QType::A, OK, vec![]),
+        ("10-244-1-5.pod.cluster.local.", QType::A, NX, vec![]),
+        // IPv6 pod names may start with a dash.
+        (
+            "--1.shop.pod.cluster.local.",
+            QType::Aaaa,
+            OK,
+            vec!["--1.shop.pod.cluster.local. 5 AAAA ::1"],
+        ),
+        // `_._`: the Service's own answer.
+        (
+            "_._.db.shop.svc.cluster.local.",
+            QType::A,
+            OK,
+            vec![
+                "_._.db.shop.svc.cluster.local. 5 A 10.244.1.5",
+                "_._.db.shop.svc.cluster.local. 5 A 10.244.1.6",
+            ],
+        ),
+        (
+            "_._.ext.shop.svc.cluster.local.",
+            QType::Cname,
+            OK,
+            vec!["_._.ext.shop.svc.cluster.local. 5 CNAME example.org."],
+        ),
+        // The reverse zones: the apex is NODATA for other types; dns-version answers there.
+        ("in-addr.arpa.", QType::A, OK, vec![]),
+        (
+            "dns-version.in-addr.arpa.",
+            QType::Txt,
+            OK,
+            vec!["dns-version.in-addr.arpa. 28800 TXT \"1.1.0\""],
+        ),
     ];
     for (name, qtype, rcode, want) in cases {
         let got = answer(&index, &cfg, name, qtype);

@@ -70,3 +70,87 @@ pub async fn admin_fetch(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A server process this test starts, tied to the test process: it runs under a small `sh`
+/// that SIGKILLs it when its stdin (a pipe only we hold) closes, so it goes away with the test
+/// however the test ends, `kill -9` included. Output goes to `log`. Dropping it stops the process.
+#[derive(Debug)]
+pub struct Tethered {
+    name: String,
+    child: std::process::Child,
+    lifeline: Option<std::process::ChildStdin>,
+    log: std::path::PathBuf,
+}
+
+/// `sh -c` body: runs "$@" in the background, kills it on EOF on stdin, exits with its status.
+const TETHER: &str = r#"exec 3<&0 0</dev/null
+"$@" 3<&- &
+c=$!
+{ cat <&3 >/dev/null; kill -9 "$c" 2>/dev/null; } &
+exec 3<&-
+wait "$c""#;
+
+impl Tethered {
+    pub fn spawn(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        log: &std::path::Path,
+    ) -> Self {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(TETHER)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({}): {e}", program.display()));
+        let lifeline = child.stdin.take();
+        Tethered {
+            name: name.to_owned(),
+            child,
+            lifeline,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Panics with the log's tail if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited ({status}); its log ({}) ends:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+    }
+
+    /// The last 4 KiB of the log.
+    pub fn log_tail(&self) -> String {
+        let raw = std::fs::read(&self.log).unwrap_or_default();
+        let tail = &raw[raw.len().saturating_sub(4096)..];
+        String::from_utf8_lossy(tail).into_owned()
+    }
+}
+
+impl Drop for Tethered {
+    fn drop(&mut self) {
+        // Closing the lifeline makes the wrapper kill the server; the wrapper then exits.
+        drop(self.lifeline.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -53,6 +53,26 @@ pub fn ensure_binaries_with_kube_proxy() -> Result<Binaries> {
     cached(&BUILT, &["kube-controller-manager", "kube-proxy"])
 }
 
+/// The script that builds CoreDNS (the DNS server's upstream peer), from `bench/coredns`.
+pub fn coredns_build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/coredns/build.sh")
+}
+
+/// Builds CoreDNS from the module pinned in `bench/coredns` if the cache lacks it (minutes, once
+/// per machine) and returns the binary's path. `SVCPLANE_COREDNS` points at a prebuilt one
+/// instead (`tests/run` sets it). Calls from many threads and processes wait for one build.
+pub fn ensure_coredns() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if let Some(path) = std::env::var_os("SVCPLANE_COREDNS") {
+        return Ok(path.into());
+    }
+    let script = coredns_build_script();
+    BUILT
+        .get_or_init(|| run_build(&script, &[]))
+        .clone()
+        .map_err(|detail| Error::Build { script, detail })
+}
+
 fn cached(cell: &OnceLock<Result<PathBuf, String>>, extra: &[&str]) -> Result<Binaries> {
     if let Some(dir) = std::env::var_os("SVCPLANE_CONTROLPLANE_BIN_DIR") {
         return Ok(Binaries { dir: dir.into() });
@@ -77,7 +97,7 @@ fn run_build(script: &Path, extra: &[&str]) -> Result<PathBuf, String> {
     }
     let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if dir.is_empty() {
-        return Err("printed no directory".into());
+        return Err("printed no path".into());
     }
     Ok(PathBuf::from(dir))
 }

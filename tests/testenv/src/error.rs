@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("building the control plane with {script} failed: {detail}")]
+    #[error("building with {script} failed: {detail}")]
     Build { script: PathBuf, detail: String },
     #[error("creating {path}")]
     Io {
