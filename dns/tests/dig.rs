@@ -80,6 +80,55 @@ fn index() -> Index {
             slices: vec![Arc::new(ZoneSlice::from(&slice))],
         }),
     );
+    // `multi`: headless, two slices with different ports (pg on pg-0 10.244.5.1, metrics on
+    // 10.244.5.2).
+    let mut multi = service("multi", ClusterIps::Headless);
+    multi.ports = [("pg", 5432), ("metrics", 9187)]
+        .into_iter()
+        .map(|(name, port)| ServicePort {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(port),
+            node_port: None,
+            app_protocol: None,
+        })
+        .collect();
+    index.apply_service(multi.key.clone(), Some(Arc::new(ZoneService::from(&multi))));
+    let multi_slice = |name: &str, port: (&str, u16), ip: [u8; 4], hostname: Option<&str>| {
+        Arc::new(ZoneSlice::from(&EndpointSlice {
+            key: ObjectKey::new("shop", name),
+            service: ObjectKey::new("shop", "multi"),
+            address_type: AddressType::V4,
+            ports: vec![EndpointPort {
+                name: port.0.into(),
+                protocol: Protocol::Tcp,
+                port: Some(port.1),
+                app_protocol: None,
+            }],
+            endpoints: vec![Endpoint {
+                addresses: vec![IpAddr::from(ip)],
+                conditions: Conditions::default(),
+                hostname: hostname.map(Into::into),
+                node_name: None,
+                zone: None,
+                hints: None,
+                target_pod: None,
+            }],
+            managed_by: None,
+            trigger_time: None,
+            resource_version: None,
+        }))
+    };
+    index.apply_endpoints(
+        ObjectKey::new("shop", "multi"),
+        Some(ServiceEndpoints {
+            slices: vec![
+                multi_slice("multi-a", ("pg", 5432), [10, 244, 5, 1], Some("pg-0")),
+                multi_slice("multi-b", ("metrics", 9187), [10, 244, 5, 2], None),
+            ],
+        }),
+    );
     index.set_synced();
     index.set_serial(1);
     index
@@ -211,6 +260,68 @@ async fn dig_over_udp_and_tcp() {
     assert!(out.contains("AUTHORITY: 1"), "{out}");
 
     let out = dig_async(a, &["cluster.local", "AXFR"]).await;
+    assert!(
+        out.contains("Transfer failed") || out.contains("REFUSED"),
+        "{out}"
+    );
+    server.stop().await;
+}
+
+/// The answers where CoreDNS's behaviour is the contract (issue 12; `dns/tests/coredns.rs`
+/// compares with CoreDNS itself), asked with dig.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coredns_parity_with_dig() {
+    let server = start().await;
+    let a = server.addr;
+    let short = |name: &'static str, qtype: &'static str| async move {
+        dig_async(a, &["+short", name, qtype])
+            .await
+            .trim()
+            .to_owned()
+    };
+    // A headless port name: only the endpoints whose slice has the port.
+    assert_eq!(
+        short("_pg._tcp.multi.shop.svc.cluster.local", "A").await,
+        "10.244.5.1"
+    );
+    // `_` alone matches any port or protocol; `_._` answers as the Service.
+    assert_eq!(
+        short("_._tcp.web.shop.svc.cluster.local", "SRV").await,
+        "0 100 80 web.shop.svc.cluster.local."
+    );
+    let both = short("_._.multi.shop.svc.cluster.local", "A").await;
+    assert_eq!(both.lines().count(), 2, "{both}");
+    // SRV on an endpoint's name: its slice's ports.
+    assert_eq!(
+        short("pg-0.multi.shop.svc.cluster.local", "SRV").await,
+        "0 100 5432 pg-0.multi.shop.svc.cluster.local."
+    );
+    // Pod names: an IPv6 label may start with a dash; `<ns>.pod` is NODATA for a namespace,
+    // NXDOMAIN otherwise.
+    // (`-q`: a name that starts with a dash is no dig option.)
+    let out = dig_async(
+        a,
+        &["+short", "-q", "--1.shop.pod.cluster.local", "-t", "AAAA"],
+    )
+    .await;
+    assert_eq!(out.trim(), "::1");
+    let out = dig_async(a, &["shop.pod.cluster.local", "A"]).await;
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "{out}"
+    );
+    let out = dig_async(a, &["10-244-1-5.pod.cluster.local", "A"]).await;
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    // The reverse zones' apexes: NODATA with their SOA; dns-version there too.
+    let out = dig_async(a, &["in-addr.arpa", "A"]).await;
+    assert!(
+        out.contains("status: NOERROR")
+            && out.contains("ANSWER: 0")
+            && out.contains("AUTHORITY: 1"),
+        "{out}"
+    );
+    assert_eq!(short("dns-version.in-addr.arpa", "TXT").await, "\"1.1.0\"");
+    let out = dig_async(a, &["ip6.arpa", "AXFR"]).await;
     assert!(
         out.contains("Transfer failed") || out.contains("REFUSED"),
         "{out}"
