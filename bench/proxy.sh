@@ -8,14 +8,20 @@
 # (proxy/examples/proxy_bench.rs says exactly how):
 #   - start to first full sync committed (the last Service's ClusterIP is in the kernel's
 #     cluster-ips set; polled every 20 ms), and the proxy's own full-sync metric for it;
-#   - ADDS Services added on top, 1.6 s apart: create returned to the transaction naming the
-#     ClusterIP committed (nft monitor in the node namespace);
-#   - CHANGES endpoint changes, one at a time: one address of a random Service's slice replaced
-#     by a fresh one; write returned to a committed transaction naming it (misses after 10 s);
+#   - ADDS Services added on top, 1.6 s apart, and CHANGES endpoint changes one at a time (one
+#     address of a random Service's slice replaced by a fresh one): from the API write's
+#     response (and from just before it was sent) to the commit of the first sync after it, by
+#     the proxy's own last-sync timestamp, which both set just after the commit (kube-proxy
+#     kubeproxy_sync_proxy_rules_last_timestamp_seconds, svcplane-proxy
+#     svcplane_proxy_last_sync_timestamp_seconds), read every POLL_MS (5) ms by a thread of
+#     the driver inside the node namespace; every add and every CHECK_EVERY-th (50) change is
+#     checked in the kernel after the timestamp moved (a sync without it counts as a mismatch
+#     and the next is timed); misses after 10 s;
 #   - VmRSS / VmHWM after the full sync and at the end; lines of the IPv4 table.
 #
 #   bench/proxy.sh                                   (10000 Services, 20 adds, 1000 changes)
 #   SERVICES=500 ADDS=3 CHANGES=30 bench/proxy.sh    (a quick check that it works)
+#   CHECK_EVERY=1 bench/proxy.sh                     (every change checked in the kernel)
 #
 # Needs root (ip netns, nft). Prints Markdown rows for docs/benchmarks.md. Nothing leaves
 # loopback and the namespaces made here; they are deleted on exit, also on failure.
@@ -24,6 +30,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SERVICES=${SERVICES:-10000}
 ADDS=${ADDS:-20}
 CHANGES=${CHANGES:-1000}
+CHECK_EVERY=${CHECK_EVERY:-50}
+POLL_MS=${POLL_MS:-5}
 work=$(mktemp -d /tmp/svcplane-bench-proxy.XXXXXX)
 prefix=svpb$$
 driver=
@@ -54,7 +62,8 @@ kube_proxy=$(tests/controlplane/build.sh kube-proxy)/kube-proxy
 
 target/release/examples/proxy_bench --svcplane-proxy target/release/svcplane-proxy \
     --kube-proxy "$kube_proxy" --work "$work" --netns-prefix "$prefix" \
-    --services "$SERVICES" --adds "$ADDS" --changes "$CHANGES" >"$work/results" &
+    --services "$SERVICES" --adds "$ADDS" --changes "$CHANGES" --check-every "$CHECK_EVERY" \
+    --poll-interval-ms "$POLL_MS" >"$work/results" &
 driver=$!
 wait "$driver"
 driver=
@@ -89,14 +98,19 @@ print("|---|---|---|---|")
 row("start to first full sync committed", "full_sync_wall_s", "s", 2)
 row("first full sync, the proxy's own metric", "full_sync_metric_s", "s", 3)
 row("RSS after the full sync", "rss_sync_mib", "MiB", 0)
-row(f"Service added to committed, median of {adds}", "add_p50_ms", "ms", 1)
-row("Service added to committed, max", "add_max_ms", "ms", 1)
+row(f"Service created to sync committed, median of {adds}", "add_p50_ms", "ms", 1)
+row("Service created to sync committed, max", "add_max_ms", "ms", 1)
+row("the same from just before the create, median", "add_start_p50_ms", "ms", 1)
 print(f"| own sync metric during the adds (mean x count) | {syncs(s, 'add')} | {syncs(k, 'add')} | |")
-row(f"endpoint change to committed, p50 ({changes} changes)", "change_p50_ms", "ms", 1)
-row("endpoint change to committed, p99", "change_p99_ms", "ms", 1)
-row("endpoint change to committed, max", "change_max_ms", "ms", 1)
+row(f"endpoint change written to sync committed, p50 ({changes} changes)", "change_p50_ms", "ms", 1)
+row("endpoint change written to sync committed, p99", "change_p99_ms", "ms", 1)
+row("endpoint change written to sync committed, max", "change_max_ms", "ms", 1)
+row("the same from just before the write, p50", "change_start_p50_ms", "ms", 1)
 print(f"| own sync metric during the changes (mean x count) | {syncs(s, 'change')} | {syncs(k, 'change')} | |")
-print(f"| adds / changes not seen within 10 s | {s.get('add_misses', 0):.0f} / {s.get('change_misses', 0):.0f} | {k.get('add_misses', 0):.0f} / {k.get('change_misses', 0):.0f} | |")
+print(f"| adds / changes not synced within 10 s | {s.get('add_misses', 0):.0f} / {s.get('change_misses', 0):.0f} | {k.get('add_misses', 0):.0f} / {k.get('change_misses', 0):.0f} | |")
+def checks(d):
+    return " / ".join(f"{d.get(f'{p}_mismatches', 0):.0f} of {d.get(f'{p}_checked', 0):.0f}" for p in ("add", "change"))
+print(f"| kernel checks: syncs without the add / change, of those checked | {checks(s)} | {checks(k)} | |")
 row("RSS at the end", "rss_end_mib", "MiB", 0)
 row("peak RSS (VmHWM) at the end", "hwm_end_mib", "MiB", 0)
 row("lines of `nft list table ip …`", "ruleset_lines", "", 0)

@@ -8,28 +8,38 @@
 //! 1. first full sync: from the process start until the kernel's rules hold the last populated
 //!    Service (`nft get element ip <table> cluster-ips { <its ClusterIP> }`, which both proxies'
 //!    layouts have, polled every 20 ms; the first full sync is one transaction, so that one
-//!    Service stands for all), and the proxy's own full-sync metric for it. No `nft monitor`
-//!    runs yet: every object of a large commit would be sent to it, slowing the commit.
-//! 2. `--adds` Services added one at a time on top, their slice first, 1.6 s apart: from the
-//!    create returning until the transaction naming the ClusterIP is committed, seen by
-//!    `nft monitor` in the node namespace (a transaction is stamped with the arrival of its first
-//!    line; notifications go out once the kernel has committed it);
+//!    Service stands for all), and the proxy's own full-sync metric for it.
+//! 2. `--adds` Services added one at a time on top, their slice first, 1.6 s apart;
 //! 3. `--changes` endpoint changes, one at a time: one address of a random Service's slice
-//!    replaced by a fresh one from 10.200.0.0/16; until a committed transaction names it;
+//!    replaced by a fresh one from 10.200.0.0/16;
 //! 4. VmRSS and VmHWM after the full sync and at the end; the lines of its IPv4 table.
+//!
+//! Adds and changes are timed alike for both proxies, by their own gauge of the wall-clock time
+//! of the last successful sync, which each sets just after the sync's transaction has committed
+//! (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+//! `svcplane_proxy_last_sync_timestamp_seconds`): wall-clock times are taken just before the
+//! API write and when it returns; a thread of the driver inside the node namespace reads the
+//! gauge every `--poll-interval-ms` until it passes the first; the latency is the gauge minus
+//! the write's return (also reported from just before the write). With min-sync-period 0 and
+//! nothing else writing, the first sync after the write is the one carrying it, but for an
+//! occasional periodic resync: so every add and every `--check-every`-th change is looked up
+//! in the kernel once the gauge has moved, and a sync without it counts as a mismatch and the
+//! next one is timed. (`nft monitor` is no use here: on kube-proxy's 10k-Service table it spends
+//! more than two minutes reading the ruleset before it reports anything.)
 //!
 //! Prints `proxy key value` lines on stdout, which `bench/proxy.sh` turns into Markdown; progress
 //! and diagnostics on stderr. Traffic stays on loopback and in the namespaces made here, which are
 //! deleted on exit (the shell script deletes leftovers of a killed run by their name prefix).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::fs::File;
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::Parser;
 use futures::{TryStreamExt as _, stream};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -37,6 +47,8 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, setns};
+use nix::unistd::Pid;
 use serde_json::json;
 use svcplane_model::{ANNOTATION_LAST_CHANGE_TRIGGER_TIME, LABEL_MANAGED_BY, LABEL_SERVICE_NAME};
 use svcplane_testenv::TestEnv;
@@ -83,9 +95,18 @@ struct Args {
         default_value = "svcplane,kube-proxy"
     )]
     proxies: Vec<Proxy>,
-    /// Longest wait for one add or change to show up in the kernel; longer counts as a miss.
+    /// Longest wait for one add or change to be synced; longer counts as a miss.
     #[arg(long, default_value_t = 10)]
     timeout_seconds: u64,
+    /// How often the proxy's last-sync timestamp is read during the adds and changes. Only how
+    /// soon the next write goes out depends on it, not the latencies (the timestamp is the
+    /// commit's); each read costs the proxy a metrics scrape on its CPU.
+    #[arg(long, default_value_t = 5)]
+    poll_interval_ms: u64,
+    /// Every this many changes (from the first), check in the kernel that the sync timed
+    /// carried the change. Every add is checked.
+    #[arg(long, default_value_t = 50)]
+    check_every: usize,
     /// The changes phase stops after this many misses.
     #[arg(long, default_value_t = 20)]
     max_misses: usize,
@@ -129,6 +150,18 @@ impl Proxy {
         match self {
             Proxy::Svcplane => "svcplane-proxy",
             Proxy::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// Its gauge (name, label selecting IPv4) of the wall-clock time of its last successful
+    /// sync, which both proxies set just after the sync's transaction has committed.
+    fn last_sync_metric(self) -> (&'static str, &'static str) {
+        match self {
+            Proxy::Svcplane => ("svcplane_proxy_last_sync_timestamp_seconds", ""),
+            Proxy::KubeProxy => (
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "ip_family=\"IPv4\"",
+            ),
         }
     }
 
@@ -289,15 +322,18 @@ struct SyncStats {
     partial: Hist,
 }
 
-/// A sample's value from Prometheus text: `name` with a label set containing `label`.
+/// A sample's value from Prometheus text: `name` with a label set containing `label` (any
+/// label set, or none, if `label` is empty).
 fn sample(text: &str, name: &str, label: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
-        let (labels, value) = rest.strip_prefix('{')?.split_once('}')?;
-        labels
-            .split(',')
-            .any(|l| l == label)
-            .then(|| value.trim().parse().ok())?
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once('}')?,
+            None if rest.starts_with(' ') => ("", rest),
+            None => return None,
+        };
+        (label.is_empty() || labels.split(',').any(|l| l == label))
+            .then(|| value.split_whitespace().next()?.parse().ok())?
     })
 }
 
@@ -341,138 +377,362 @@ fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// One committed transaction as `nft monitor` printed it, stamped with its first line's arrival.
-struct Txn {
-    at: Instant,
-    lines: Vec<String>,
+/// Seconds since the Unix epoch, the clock both proxies stamp their last sync with.
+fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `nft monitor` in a namespace; its transactions arrive on a channel.
-struct Monitor {
-    _process: Spawned,
-    txns: mpsc::UnboundedReceiver<Txn>,
+/// What a [`Poller`]'s thread measured of itself.
+#[derive(Debug, Default)]
+struct PollStats {
+    scrapes: u64,
+    failures: u64,
+    busy: Duration,
+    bytes: usize,
 }
 
-impl Monitor {
-    /// Starts it and returns once it reports a transaction of our own.
-    async fn start(ns: &Netns) -> anyhow::Result<Self> {
-        let mut child = std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &ns.0, "taskset", "-c", "0", "nft", "monitor",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("nft monitor")?;
-        let stdout = child.stdout.take().context("nft monitor stdout")?;
-        let process = Spawned {
-            child,
-            _stdin: None,
-            log: None,
+/// The proxy's last-sync timestamp (set just after a sync's transaction commits), read by a
+/// thread of ours inside the node namespace; each new value arrives on a channel, in order.
+struct Poller {
+    values: mpsc::UnboundedReceiver<f64>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<PollStats>>>,
+}
+
+impl Poller {
+    /// Starts polling and waits for the timestamp's first value.
+    async fn start(ns: &Netns, proxy: Proxy, interval: Duration) -> anyhow::Result<Self> {
+        // Opened here, so that a missing namespace fails the start.
+        let netns = File::open(Path::new("/var/run/netns").join(&ns.0))
+            .with_context(|| format!("network namespace {}", ns.0))?;
+        let (tx, values) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("metrics-poller".into())
+            .spawn(move || poll(&netns, proxy, interval, &tx))?;
+        let mut poller = Self {
+            values,
+            thread: Some(thread),
         };
-        let (tx, txns) = mpsc::unbounded_channel();
-        // A thread of its own, so a line is stamped when it arrives, not when a task gets to it.
-        std::thread::spawn(move || {
-            let mut current: Option<Txn> = None;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let now = Instant::now();
-                // Every transaction ends with "# new generation N by process P (nft)".
-                let end = line.starts_with("# new generation");
-                current
-                    .get_or_insert_with(|| Txn {
-                        at: now,
-                        lines: Vec::new(),
-                    })
-                    .lines
-                    .push(line);
-                if end
-                    && let Some(txn) = current.take()
-                    && tx.send(txn).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut monitor = Monitor {
-            _process: process,
-            txns,
-        };
-        let probe = "svcplane-bench-probe";
-        for _ in 0..50 {
-            run(ns.on_cpu0("nft").args(["add", "table", "ip", probe])).await?;
-            let seen = monitor
-                .wait_for(Duration::from_millis(200), |l| l.contains(probe))
-                .await?;
-            run(ns.on_cpu0("nft").args(["delete", "table", "ip", probe])).await?;
-            if seen.is_some() {
-                monitor
-                    .wait_for(Duration::from_secs(2), |l| l.contains(probe))
-                    .await?;
-                return Ok(monitor);
-            }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if poller.next_after(f64::MIN, deadline).await?.is_none() {
+            let (name, _) = proxy.last_sync_metric();
+            bail!("{}: no {name} in its metrics", proxy.name());
         }
-        bail!("nft monitor in {} reported nothing", ns.0)
+        Ok(poller)
     }
 
-    /// The arrival of the first transaction, from now on, with a line for which `names` holds;
-    /// None after `timeout`.
-    async fn wait_for(
-        &mut self,
-        timeout: Duration,
-        names: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<Option<Instant>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// The first value above `after` (a wall-clock time) that arrives by `deadline`; values at
+    /// or below it are skipped.
+    async fn next_after(&mut self, after: f64, deadline: Instant) -> anyhow::Result<Option<f64>> {
         loop {
-            match tokio::time::timeout_at(deadline, self.txns.recv()).await {
+            match tokio::time::timeout_at(deadline.into(), self.values.recv()).await {
                 Err(_) => return Ok(None),
-                Ok(None) => bail!("nft monitor stopped"),
-                Ok(Some(txn)) if txn.lines.iter().any(|l| names(l)) => return Ok(Some(txn.at)),
+                Ok(None) => {
+                    let why = self.stop().err().unwrap_or_else(|| anyhow!("it stopped"));
+                    return Err(why.context("metrics poller"));
+                }
+                Ok(Some(value)) if value > after => return Ok(Some(value)),
                 Ok(Some(_)) => {}
             }
         }
     }
 
-    /// Forgets transactions reported so far.
-    fn drain(&mut self) -> anyhow::Result<()> {
-        loop {
-            match self.txns.try_recv() {
-                Ok(_) => {}
-                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
-                Err(mpsc::error::TryRecvError::Disconnected) => bail!("nft monitor stopped"),
-            }
-        }
-    }
-
-    /// Waits until no transaction has come for `quiet`, at most `timeout`.
+    /// Waits until the timestamp has not moved for `quiet`, at most `timeout`.
     async fn settle(&mut self, quiet: Duration, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.wait_for(quiet, |_| true).await?.is_none() {
+            let moved = self.next_after(f64::MIN, Instant::now() + quiet).await?;
+            if moved.is_none() {
                 return Ok(());
             }
         }
-        bail!("the proxy kept committing transactions for {timeout:?}")
+        bail!("the proxy kept syncing for {timeout:?}")
+    }
+
+    /// Stops the thread and returns what it measured of itself.
+    fn stop(&mut self) -> anyhow::Result<PollStats> {
+        self.values.close();
+        let thread = self
+            .thread
+            .take()
+            .context("metrics poller already stopped")?;
+        thread
+            .join()
+            .map_err(|_| anyhow!("metrics poller panicked"))?
     }
 }
 
-/// Whether `line` names `ip` (not as part of a longer address).
-fn names_ip(line: &str, ip: &str) -> bool {
-    line.match_indices(ip).any(|(i, _)| {
-        let before = line[..i].chars().next_back();
-        let after = line[i + ip.len()..].chars().next();
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // Joined (it notices within a scrape's timeout), so that no thread of ours is left in
+        // the namespace when it is deleted.
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// A [`Poller`]'s thread: enters the node namespace and CPU 0 (the proxy has CPU 1), then
+/// scrapes the proxy's metrics every `interval` until the receiver is closed. Its sockets
+/// belong to the namespace: nothing links the namespace to the host by IP.
+fn poll(
+    netns: &File,
+    proxy: Proxy,
+    interval: Duration,
+    tx: &mpsc::UnboundedSender<f64>,
+) -> anyhow::Result<PollStats> {
+    setns(netns, CloneFlags::CLONE_NEWNET).context("entering the node namespace")?;
+    let mut cpu0 = CpuSet::new();
+    cpu0.set(0)?;
+    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    let (name, label) = proxy.last_sync_metric();
+    let addr = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
+    // Only this metric family: kube-proxy's handler (client_golang's) still gathers all of them
+    // but encodes one, a fraction of the scrape's cost on the proxy's CPU; svcplane-proxy's
+    // ignores the query and sends its few kilobytes.
+    let request = format!("GET /metrics?name%5B%5D={name} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut stats = PollStats::default();
+    let mut last = None;
+    let mut response = Vec::new();
+    while !tx.is_closed() {
+        let started = Instant::now();
+        match scrape(addr, &request, &mut response) {
+            Ok(()) => {
+                stats.scrapes += 1;
+                stats.busy += started.elapsed();
+                stats.bytes = response.len();
+                let value = sample(&String::from_utf8_lossy(&response), name, label);
+                if let Some(value) = value
+                    && last != Some(value)
+                {
+                    last = Some(value);
+                    let _ = tx.send(value);
+                }
+            }
+            Err(_) => stats.failures += 1,
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(stats)
+}
+
+/// One HTTP/1.0 `request`, its response's headers and body. HTTP/1.0: no chunked encoding, and
+/// the response ends with the connection.
+fn scrape(addr: SocketAddr, request: &str, response: &mut Vec<u8>) -> std::io::Result<()> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request.as_bytes())?;
+    response.clear();
+    stream.read_to_end(response)?;
+    if response.get(8..13) != Some(b" 200 ") {
+        return Err(std::io::Error::other("not 200 OK"));
+    }
+    Ok(())
+}
+
+/// What a timed write must have put in the kernel.
+enum Expect<'a> {
+    /// A new Service's ClusterIP, in the cluster-ips set (which both proxies' tables have).
+    ClusterIp(&'a str),
+    /// An endpoint among those of a ClusterIP's port 80/TCP.
+    Endpoint {
+        cluster_ip: &'a str,
+        endpoint: Ipv4Addr,
+    },
+}
+
+impl Expect<'_> {
+    /// Whether the proxy's table holds it now.
+    async fn in_kernel(&self, ns: &Netns, proxy: Proxy) -> anyhow::Result<bool> {
+        let table = proxy.table();
+        match *self {
+            Expect::ClusterIp(ip) => {
+                let element = format!("{{ {ip} }}");
+                let found = nft(ns, &["get", "element", "ip", table])
+                    .args([Proxy::CLUSTER_IPS_SET, &element])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await?;
+                Ok(found.success())
+            }
+            Expect::Endpoint {
+                cluster_ip,
+                endpoint,
+            } => {
+                let listed = match proxy {
+                    // Services with two endpoints: one map from ClusterIP, protocol, port and a
+                    // random pick to the endpoint.
+                    Proxy::Svcplane => {
+                        let keys = format!(
+                            "{{ {cluster_ip} . tcp . 80 . 0, {cluster_ip} . tcp . 80 . 1 }}"
+                        );
+                        nft_output(
+                            ns,
+                            &["get", "element", "ip", table, "cluster-n2-eps", &keys],
+                        )
+                        .await?
+                    }
+                    // The Service port's chain (its name has a hash in it) from the service-ips
+                    // map, then that chain's jumps to chains named after their endpoints.
+                    Proxy::KubeProxy => {
+                        let key = format!("{{ {cluster_ip} . tcp . 80 }}");
+                        let verdict =
+                            nft_output(ns, &["get", "element", "ip", table, "service-ips", &key])
+                                .await?;
+                        let chain = verdict.as_deref().and_then(|v| {
+                            let (_, rest) = v.split_once("goto ")?;
+                            let name = rest.split_whitespace().next()?;
+                            Some(
+                                name.trim_matches(|c| matches!(c, '"' | ',' | '}'))
+                                    .to_owned(),
+                            )
+                        });
+                        match chain {
+                            Some(chain) => {
+                                nft_output(ns, &["list", "chain", "ip", table, &chain]).await?
+                            }
+                            None => None,
+                        }
+                    }
+                };
+                Ok(listed.is_some_and(|l| names_ip(&l, &endpoint.to_string())))
+            }
+        }
+    }
+}
+
+/// `nft args…` in the namespace, on CPU 0.
+fn nft(ns: &Netns, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = ns.on_cpu0("nft");
+    cmd.args(args);
+    cmd
+}
+
+/// What `nft args…` printed, or None if it failed (no such element or chain, say).
+async fn nft_output(ns: &Netns, args: &[&str]) -> anyhow::Result<Option<String>> {
+    let out = nft(ns, args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("nft")?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Whether `text` names `ip` (not as part of a longer address).
+fn names_ip(text: &str, ip: &str) -> bool {
+    text.match_indices(ip).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + ip.len()..].chars().next();
         !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
             && !after.is_some_and(|c| c.is_ascii_digit())
     })
 }
 
-/// Milliseconds from `from` to `to`, negative when `to` came first.
-fn signed_ms(from: Instant, to: Instant) -> f64 {
-    if to >= from {
-        (to - from).as_secs_f64() * 1e3
-    } else {
-        -((from - to).as_secs_f64() * 1e3)
+/// The latencies of one phase's timed writes, in milliseconds.
+#[derive(Debug, Default)]
+struct Latencies {
+    /// From the write's response to the commit of the sync carrying it (negative when that
+    /// came first).
+    from_return: Vec<f64>,
+    /// From just before the write was sent.
+    from_start: Vec<f64>,
+    /// Writes whose sync did not come within the timeout.
+    misses: usize,
+    /// Writes checked in the kernel after the timestamp moved, and how often it did not hold
+    /// them yet (a sync without the write; the next one was then timed).
+    checked: usize,
+    mismatches: usize,
+    /// Time spent looking in the kernel.
+    checking: Duration,
+}
+
+impl Latencies {
+    /// Waits for the first sync committed after `start` (wall clock) and returns its commit
+    /// time. With `check`, that sync must have put `check` in the kernel; an earlier one
+    /// counts as a mismatch and the next is waited for. None if none came by `deadline`.
+    async fn committed(
+        &mut self,
+        poller: &mut Poller,
+        node: &Node,
+        start: f64,
+        deadline: Instant,
+        check: Option<&Expect<'_>>,
+    ) -> anyhow::Result<Option<f64>> {
+        if check.is_some() {
+            self.checked += 1;
+        }
+        let mut after = start;
+        while let Some(at) = poller.next_after(after, deadline).await? {
+            let Some(expect) = check else {
+                return Ok(Some(at));
+            };
+            let looked = Instant::now();
+            let found = expect.in_kernel(&node.ns, node.proxy).await?;
+            self.checking += looked.elapsed();
+            if found {
+                return Ok(Some(at));
+            }
+            self.mismatches += 1;
+            eprintln!(
+                "{}: a sync {:.1} ms after the write did not carry it",
+                node.proxy.name(),
+                (at - start) * 1e3
+            );
+            after = at;
+        }
+        self.misses += 1;
+        Ok(None)
+    }
+
+    fn push(&mut self, start: f64, returned: f64, committed: f64) -> f64 {
+        let ms = (committed - returned) * 1e3;
+        self.from_return.push(ms);
+        self.from_start.push((committed - start) * 1e3);
+        ms
+    }
+
+    /// `<phase>_n`, `_misses`, `_checked`, `_mismatches`, and the percentiles `ps` of both
+    /// latencies (`<phase>_p50_ms`, `<phase>_start_p50_ms`, …; p100 is `max`).
+    fn report(self, proxy: Proxy, phase: &str, ps: &[u32]) {
+        if self.checked > 0 {
+            eprintln!(
+                "{}: {phase}: {} kernel checks, {:.0} ms each on average",
+                proxy.name(),
+                self.checked,
+                self.checking.as_secs_f64() * 1e3 / self.checked as f64
+            );
+        }
+        report(proxy, &format!("{phase}_n"), self.from_return.len() as f64);
+        report(proxy, &format!("{phase}_misses"), self.misses as f64);
+        report(proxy, &format!("{phase}_checked"), self.checked as f64);
+        report(
+            proxy,
+            &format!("{phase}_mismatches"),
+            self.mismatches as f64,
+        );
+        for (which, samples) in [("", self.from_return), ("start_", self.from_start)] {
+            let samples = sorted(samples);
+            if samples.is_empty() {
+                continue;
+            }
+            for &p in ps {
+                let key = if p == 100 {
+                    "max".into()
+                } else {
+                    format!("p{p}")
+                };
+                let value = percentile(&samples, f64::from(p) / 100.0);
+                report(proxy, &format!("{phase}_{which}{key}_ms"), value);
+            }
+        }
     }
 }
 
@@ -564,6 +824,8 @@ struct Bench {
     client: kube::Client,
     /// Each populated Service's two endpoint addresses, as the API server has them now.
     endpoints: Vec<[Ipv4Addr; 2]>,
+    /// Each populated Service's ClusterIP.
+    cluster_ips: Vec<String>,
     /// The same seed for each proxy: both change the same Services' endpoints in the same order.
     seed: u64,
     /// The ClusterIP of the last populated Service.
@@ -584,30 +846,34 @@ impl Bench {
             .collect::<anyhow::Result<_>>()?;
         let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
-        stream::iter(
+        let created = stream::iter(
             self.endpoints
                 .iter()
                 .enumerate()
                 .map(Ok::<_, anyhow::Error>),
         )
-        .try_for_each_concurrent(self.args.concurrency, |(i, ips)| {
+        .map_ok(|(i, ips)| {
             let (services, slices) = (services.clone(), slices.clone());
             async move {
                 let name = format!("svc-{i}");
                 let pp = PostParams::default();
-                services.create(&pp, &service(&name)).await?;
+                let created = services.create(&pp, &service(&name)).await?;
                 slices.create(&pp, &slice(&name, *ips, i % 50)).await?;
-                anyhow::Ok(())
+                let ip = created
+                    .spec
+                    .and_then(|s| s.cluster_ip)
+                    .context("a populated Service has no ClusterIP")?;
+                anyhow::Ok((i, ip))
             }
         })
+        .try_buffer_unordered(self.args.concurrency)
+        .try_collect::<Vec<_>>()
         .await?;
-        let last = services
-            .get(&format!("svc-{}", self.args.services - 1))
-            .await?;
-        self.probe_ip = last
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("a populated Service has no ClusterIP")?;
+        self.cluster_ips = vec![String::new(); self.args.services];
+        for (i, ip) in created {
+            self.cluster_ips[i] = ip;
+        }
+        self.probe_ip = self.cluster_ips[self.args.services - 1].clone();
         eprintln!(
             "populated {} Services with 2 endpoints each in {:.1}s",
             self.args.services,
@@ -632,7 +898,7 @@ impl Bench {
             SocketAddr::from(([127, 0, 0, 1], API_PORT)),
         )?;
         let log = self.args.work.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
+        let out = File::create(&log)?;
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns.0, "taskset", "-c", "1"]);
         match proxy {
@@ -687,22 +953,11 @@ impl Bench {
     /// Phase 1: the first full sync, then memory and the size of the table.
     async fn full_sync(&self, node: &mut Node, started: Instant) -> anyhow::Result<()> {
         let (proxy, name) = (node.proxy, node.proxy.name());
-        let element = format!("{{ {} }}", self.probe_ip);
+        let probe = Expect::ClusterIp(&self.probe_ip);
         let deadline = started + Duration::from_secs(self.args.full_sync_timeout_seconds);
         let committed = loop {
             // Fails until the table, the set and the element are there.
-            let found = node
-                .ns
-                .on_cpu0("nft")
-                .args(["get", "element", "ip", proxy.table()])
-                .args([Proxy::CLUSTER_IPS_SET, &element])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await?
-                .success();
-            if found {
+            if probe.in_kernel(&node.ns, proxy).await? {
                 break Instant::now();
             }
             node.check_running()?;
@@ -763,15 +1018,14 @@ impl Bench {
     }
 
     /// Phase 2: Services added one at a time, each with its slice created first.
-    async fn adds(&mut self, node: &mut Node, monitor: &mut Monitor) -> anyhow::Result<()> {
+    async fn adds(&mut self, node: &mut Node, poller: &mut Poller) -> anyhow::Result<()> {
         let (proxy, name) = (node.proxy, node.proxy.name());
         let timeout = Duration::from_secs(self.args.timeout_seconds);
         let services: Api<Service> = Api::namespaced(self.client.clone(), NAMESPACE);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
         let pp = PostParams::default();
         let before = sync_stats(proxy, &node.ns.metrics().await?);
-        let mut adds = Vec::new();
-        let mut misses = 0;
+        let mut adds = Latencies::default();
         let base = Ipv4Addr::new(10, 201, 0, 0);
         for k in 0..self.args.adds {
             let svc = format!("add-{k}");
@@ -779,32 +1033,34 @@ impl Bench {
             self.added += 2;
             slices.create(&pp, &slice(&svc, ips, k)).await?;
             tokio::time::sleep(ADD_SPACING).await;
-            monitor.drain()?;
+            let start = wall_clock();
             let created = services.create(&pp, &service(&svc)).await?;
-            let returned = Instant::now();
+            let returned = wall_clock();
+            let next = Instant::now() + ADD_SPACING;
             let ip = created
                 .spec
                 .and_then(|s| s.cluster_ip)
                 .context("created Service has no ClusterIP")?;
-            match monitor.wait_for(timeout, |l| names_ip(l, &ip)).await? {
-                Some(at) => adds.push(signed_ms(returned, at)),
-                None => {
-                    eprintln!("{name}: Service {svc} ({ip}) not seen within {timeout:?}");
-                    misses += 1;
+            let check = Expect::ClusterIp(&ip);
+            let deadline = Instant::now() + timeout;
+            match adds
+                .committed(poller, node, start, deadline, Some(&check))
+                .await?
+            {
+                Some(at) => {
+                    adds.push(start, returned, at);
                 }
+                None => eprintln!("{name}: Service {svc} ({ip}) not synced within {timeout:?}"),
             }
             node.check_running()?;
-            tokio::time::sleep_until((returned + ADD_SPACING).into()).await;
+            tokio::time::sleep_until(next.into()).await;
         }
         let after = sync_stats(proxy, &node.ns.metrics().await?);
-        eprintln!("{name}: adds (ms) {adds:.1?}");
-        let adds = sorted(adds);
-        report(proxy, "add_n", adds.len() as f64);
-        report(proxy, "add_misses", misses as f64);
-        if !adds.is_empty() {
-            report(proxy, "add_p50_ms", percentile(&adds, 0.5));
-            report(proxy, "add_max_ms", percentile(&adds, 1.0));
-        }
+        eprintln!(
+            "{name}: adds (ms from the create's response) {:.1?}",
+            adds.from_return
+        );
+        adds.report(proxy, "add", &[50, 100]);
         report_syncs(proxy, "add", before, after);
         Ok(())
     }
@@ -822,15 +1078,14 @@ impl Bench {
     }
 
     /// Phase 3: endpoint changes, one at a time.
-    async fn changes(&mut self, node: &mut Node, monitor: &mut Monitor) -> anyhow::Result<()> {
+    async fn changes(&mut self, node: &mut Node, poller: &mut Poller) -> anyhow::Result<()> {
         let (proxy, name) = (node.proxy, node.proxy.name());
         let timeout = Duration::from_secs(self.args.timeout_seconds);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), NAMESPACE);
         let before = sync_stats(proxy, &node.ns.metrics().await?);
         let mut rng = Rng::new(self.seed);
-        let mut changes = Vec::new();
+        let mut changes = Latencies::default();
         let mut slowest: Vec<(f64, usize, Ipv4Addr)> = Vec::new();
-        let mut misses = 0;
         let base = Ipv4Addr::new(10, 200, 0, 1);
         for c in 0..self.args.changes {
             let i = rng.below(self.args.services);
@@ -851,29 +1106,34 @@ impl Bench {
                 "metadata": { "annotations": { ANNOTATION_LAST_CHANGE_TRIGGER_TIME: now } },
                 "endpoints": eps,
             });
-            monitor.drain()?;
             let pp = PatchParams::default();
+            let start = wall_clock();
             slices
                 .patch(&format!("svc-{i}"), &pp, &Patch::Merge(&patch))
                 .await?;
-            let returned = Instant::now();
-            let fresh_text = fresh.to_string();
-            match monitor
-                .wait_for(timeout, |l| names_ip(l, &fresh_text))
+            let returned = wall_clock();
+            let check = Expect::Endpoint {
+                cluster_ip: &self.cluster_ips[i],
+                endpoint: fresh,
+            };
+            let checked = self.args.check_every > 0 && c % self.args.check_every == 0;
+            let deadline = Instant::now() + timeout;
+            match changes
+                .committed(poller, node, start, deadline, checked.then_some(&check))
                 .await?
             {
                 Some(at) => {
-                    let ms = signed_ms(returned, at);
-                    changes.push(ms);
+                    let ms = changes.push(start, returned, at);
                     slowest.push((ms, i, fresh));
                     slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
                     slowest.truncate(5);
                 }
                 None => {
-                    eprintln!("{name}: change {c} (svc-{i} → {fresh}) not seen within {timeout:?}");
-                    misses += 1;
-                    if misses >= self.args.max_misses {
-                        eprintln!("{name}: {misses} misses, stopping the changes");
+                    eprintln!(
+                        "{name}: change {c} (svc-{i} → {fresh}) not synced within {timeout:?}"
+                    );
+                    if changes.misses >= self.args.max_misses {
+                        eprintln!("{name}: {} misses, stopping the changes", changes.misses);
                         break;
                     }
                 }
@@ -889,18 +1149,11 @@ impl Bench {
             .map(|(ms, i, ip)| format!("{ms:.1} ms (svc-{i} → {ip})"))
             .collect();
         eprintln!("{name}: slowest changes: {}", slowest.join(", "));
-        let early = changes.iter().filter(|ms| **ms < 0.0).count();
+        let early = changes.from_return.iter().filter(|ms| **ms < 0.0).count();
         if early > 0 {
             eprintln!("{name}: {early} changes were committed before the API write returned");
         }
-        let changes = sorted(changes);
-        report(proxy, "change_n", changes.len() as f64);
-        report(proxy, "change_misses", misses as f64);
-        if !changes.is_empty() {
-            report(proxy, "change_p50_ms", percentile(&changes, 0.5));
-            report(proxy, "change_p99_ms", percentile(&changes, 0.99));
-            report(proxy, "change_max_ms", percentile(&changes, 1.0));
-        }
+        changes.report(proxy, "change", &[50, 99, 100]);
         report_syncs(proxy, "change", before, after);
         Ok(())
     }
@@ -908,21 +1161,31 @@ impl Bench {
     async fn run_proxy(&mut self, proxy: Proxy) -> anyhow::Result<()> {
         let (mut node, started) = self.start_node(proxy).await?;
         self.full_sync(&mut node, started).await?;
-        // Only now: during the full sync it would have slowed the commit.
-        let mut monitor = Monitor::start(&node.ns).await?;
-        monitor
+        // Only now: its scrapes would take the proxy's CPU from the full sync.
+        let interval = Duration::from_millis(self.args.poll_interval_ms);
+        let mut poller = Poller::start(&node.ns, proxy, interval).await?;
+        poller
             .settle(Duration::from_secs(1), Duration::from_secs(120))
             .await?;
-        self.adds(&mut node, &mut monitor).await?;
-        monitor
+        self.adds(&mut node, &mut poller).await?;
+        poller
             .settle(Duration::from_secs(1), Duration::from_secs(60))
             .await?;
-        self.changes(&mut node, &mut monitor).await?;
+        self.changes(&mut node, &mut poller).await?;
+        let polled = poller.stop()?;
+        eprintln!(
+            "{}: {} metrics scrapes of {} bytes, {:.2} ms each on average, {} failed",
+            proxy.name(),
+            polled.scrapes,
+            polled.bytes,
+            polled.busy.as_secs_f64() * 1e3 / polled.scrapes.max(1) as f64,
+            polled.failures
+        );
         node.check_running()?;
         let (rss, hwm) = memory(node.process.child.id())?;
         report(proxy, "rss_end_mib", rss);
         report(proxy, "hwm_end_mib", hwm);
-        drop(monitor);
+        drop(poller);
         drop(node);
         self.remove_adds().await;
         Ok(())
@@ -959,6 +1222,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         client,
         endpoints: Vec::new(),
         seed,
+        cluster_ips: Vec::new(),
         probe_ip: String::new(),
         changed: 0,
         added: 0,
