@@ -328,23 +328,14 @@ impl Handler {
         // Too big for the client's UDP size: the additional section goes first; if that is not
         // enough, as many answers as fit and TC, so the client asks again over TCP. The OPT
         // record always stays (RFC 6891).
-        match udp_fit(
+        fit_udp(
             request,
-            &metadata,
-            &answers,
-            &soa,
-            &additionals,
+            &mut metadata,
+            &mut answers,
+            &mut soa,
+            &mut additionals,
             response_edns,
-        ) {
-            Fit::All => {}
-            Fit::WithoutAdditionals => additionals.clear(),
-            Fit::Answers(n) => {
-                answers.truncate(n);
-                soa.clear();
-                additionals.clear();
-                metadata.truncation = true;
-            }
-        }
+        );
         let response = MessageResponseBuilder::new(&request.queries, response_edns).build(
             metadata,
             answers.iter(),
@@ -436,6 +427,28 @@ fn record_bound(record: &WireRecord) -> usize {
         _ => usize::from(u16::MAX),
     };
     name(&record.name) + 10 + rdata
+}
+
+/// Cuts a response to the client's UDP size (see [`udp_fit`]): the additional section first;
+/// if that is not enough, answers, and TC so the client asks again over TCP.
+fn fit_udp(
+    request: &Request,
+    metadata: &mut Metadata,
+    answers: &mut Vec<WireRecord>,
+    authority: &mut Vec<WireRecord>,
+    additionals: &mut Vec<WireRecord>,
+    edns: Option<&Edns>,
+) {
+    match udp_fit(request, metadata, answers, authority, additionals, edns) {
+        Fit::All => {}
+        Fit::WithoutAdditionals => additionals.clear(),
+        Fit::Answers(n) => {
+            answers.truncate(n);
+            authority.clear();
+            additionals.clear();
+            metadata.truncation = true;
+        }
+    }
 }
 
 /// How much of an answer goes into a UDP response.
@@ -574,23 +587,14 @@ async fn relay<R: ResponseHandler>(
         ..
     } = reply;
     // Cut to the client's UDP size as local answers are, the OPT record kept.
-    match udp_fit(
+    fit_udp(
         request,
-        &metadata,
-        &answers,
-        &authorities,
-        &additionals,
+        &mut metadata,
+        &mut answers,
+        &mut authorities,
+        &mut additionals,
         edns,
-    ) {
-        Fit::All => {}
-        Fit::WithoutAdditionals => additionals.clear(),
-        Fit::Answers(n) => {
-            answers.truncate(n);
-            authorities.clear();
-            additionals.clear();
-            metadata.truncation = true;
-        }
-    }
+    );
     let response = MessageResponseBuilder::new(&request.queries, edns).build(
         metadata,
         answers.iter(),

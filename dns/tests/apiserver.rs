@@ -359,9 +359,9 @@ async fn answers_survive_an_api_server_outage_and_resync_after() {
     eventually(dns.addr, &["web.shop.svc.cluster.local", "A"], &[&web_ip]).await;
     // Every watch has listed (a missing name is NXDOMAIN only then; before, SERVFAIL): the
     // Service can answer before the namespaces have listed on a loaded machine.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while status(dns.addr, &["nope.shop.svc.cluster.local", "A"]) != "NXDOMAIN" {
-        assert!(std::time::Instant::now() < deadline, "never synced");
+        assert!(Instant::now() < deadline, "never synced");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
