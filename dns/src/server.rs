@@ -613,7 +613,10 @@ async fn relay<R: ResponseHandler>(
 
 /// A DNS server listening on UDP and TCP at each address.
 pub struct DnsServer {
+    /// TCP; UDP is served by [`serve_udp`], without hickory's per-request machinery.
     server: Server<Handler>,
+    handler: Handler,
+    udp: Vec<Arc<UdpSocket>>,
     local: Vec<SocketAddr>,
 }
 
@@ -625,11 +628,54 @@ impl std::fmt::Debug for DnsServer {
     }
 }
 
+/// The largest UDP datagram read; DNS questions are far smaller, and a longer one is cut and
+/// then refused as malformed.
+const UDP_RECEIVE: usize = 4096;
+
+/// Answers UDP questions on `socket` until the task is aborted. A question the index answers
+/// is answered in place; one that waits for an upstream continues in a task of its own, so it
+/// holds up nothing else. Garbage is dropped, as hickory's own UDP path drops it.
+async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler) {
+    let mut buf = vec![0u8; UDP_RECEIVE];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(error) => {
+                // ICMP errors from earlier sends surface here (ECONNREFUSED): not fatal.
+                tracing::debug!(%error, "receiving a UDP question failed");
+                continue;
+            }
+        };
+        let packet = buf[..n].to_vec();
+        let h = handler.clone();
+        let mut reply = Box::pin(async move { h.respond_to_bytes(&packet, src).await });
+        match futures::poll!(&mut reply) {
+            std::task::Poll::Ready(reply) => send(&socket, reply, src).await,
+            std::task::Poll::Pending => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let reply = reply.await;
+                    send(&socket, reply, src).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send(socket: &UdpSocket, reply: Option<Vec<u8>>, to: SocketAddr) {
+    if let Some(bytes) = reply
+        && let Err(error) = socket.send_to(&bytes, to).await
+    {
+        tracing::debug!(%error, %to, "sending a UDP answer failed");
+    }
+}
+
 impl DnsServer {
     /// Binds UDP and TCP on every address (port 0 picks one port per address, shared by both).
     pub async fn bind(addrs: &[SocketAddr], handler: Handler) -> Result<Self, Error> {
-        let mut server = Server::new(handler);
+        let mut server = Server::new(handler.clone());
         let mut local = Vec::new();
+        let mut udp = Vec::new();
         for addr in addrs {
             let tcp = TcpListener::bind(addr)
                 .await
@@ -641,15 +687,20 @@ impl DnsServer {
                 addr: *addr,
                 source,
             })?;
-            let udp = UdpSocket::bind(bound).await.map_err(|source| Error::Bind {
+            let socket = UdpSocket::bind(bound).await.map_err(|source| Error::Bind {
                 addr: bound,
                 source,
             })?;
             server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
-            server.register_socket(udp);
+            udp.push(Arc::new(socket));
             local.push(bound);
         }
-        Ok(Self { server, local })
+        Ok(Self {
+            server,
+            handler,
+            udp,
+            local,
+        })
     }
 
     /// The addresses bound, with the ports picked.
@@ -659,11 +710,20 @@ impl DnsServer {
 
     /// Serves until the server fails or `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        tokio::select! {
+        let udp: Vec<tokio::task::JoinHandle<()>> = self
+            .udp
+            .iter()
+            .map(|socket| tokio::spawn(serve_udp(socket.clone(), self.handler.clone())))
+            .collect();
+        let result = tokio::select! {
             done = self.server.block_until_done() => done.map_err(|e| Error::Serve(e.into())),
             _ = shutdown => {
                 self.server.shutdown_gracefully().await.map_err(|e| Error::Serve(e.into()))
             }
+        };
+        for task in udp {
+            task.abort();
         }
+        result
     }
 }

@@ -117,11 +117,22 @@ impl Upstream {
 }
 
 async fn serve<H: RequestHandler + Clone>(handler: H) -> SocketAddr {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("udp");
-    let addr = udp.local_addr().expect("addr");
-    let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
+    // A UDP port whose TCP twin is free too (another test may hold it): a few tries.
+    let mut tries = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let addr = udp.local_addr().expect("addr");
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(error) if tries < 20 => {
+                tries += 1;
+                let _ = error;
+            }
+            Err(error) => panic!("no port free for both UDP and TCP: {error}"),
+        }
+    };
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 8);
