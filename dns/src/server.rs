@@ -546,9 +546,13 @@ impl Handler {
     /// answer, or `None` when the bytes are not a DNS message at all (the server drops those).
     /// Used by the fuzz target and tests; no socket involved.
     pub async fn respond_to_bytes(&self, raw: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+        self.respond_to_packet(raw.to_vec(), src).await
+    }
+
+    /// [`Handler::respond_to_bytes`] for a datagram already owned (the UDP loop's).
+    async fn respond_to_packet(&self, raw: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
         let request =
-            Request::from_bytes(raw.to_vec(), src, hickory_server::net::xfer::Protocol::Udp)
-                .ok()?;
+            Request::from_bytes(raw, src, hickory_server::net::xfer::Protocol::Udp).ok()?;
         let max_size = request
             .edns
             .as_ref()
@@ -648,7 +652,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, handler: Handler) {
         };
         let packet = buf[..n].to_vec();
         let h = handler.clone();
-        let mut reply = Box::pin(async move { h.respond_to_bytes(&packet, src).await });
+        let mut reply = Box::pin(async move { h.respond_to_packet(packet, src).await });
         match futures::poll!(&mut reply) {
             std::task::Poll::Ready(reply) => send(&socket, reply, src).await,
             std::task::Poll::Pending => {

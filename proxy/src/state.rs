@@ -71,6 +71,8 @@ pub struct State {
     /// (internal, external), and their sums.
     no_local: [HashMap<ObjectKey, [usize; 2]>; 2],
     no_local_total: [usize; 2],
+    /// Per family, the health check ports and local endpoint counts (addresses unset).
+    health: [HealthChecks; 2],
     /// UDP flows to delete once the rules that left them stale are in.
     stale: BTreeSet<Filter>,
     metrics: Metrics,
@@ -108,6 +110,7 @@ impl State {
             udp: Default::default(),
             no_local: Default::default(),
             no_local_total: [0, 0],
+            health: Default::default(),
             stale: BTreeSet::new(),
             metrics,
         }
@@ -196,6 +199,28 @@ impl State {
                     .zip(before.unwrap_or_default().into_iter().zip(p.no_local))
                 {
                     *total = *total + new - old;
+                }
+                // Health check ports and their local endpoint counts, kept per Service as
+                // the Services change (no scan of every Service per sync).
+                let port = svc.and_then(|svc| {
+                    healthcheck::health_check_ports(family, std::iter::once((&key, svc)))
+                        .remove(&key)
+                });
+                let health = &mut self.health[i];
+                match port {
+                    Some(port) => {
+                        let local = healthcheck::local_ready_endpoints(
+                            family,
+                            &config.node.name,
+                            endpoints.as_ref(),
+                        );
+                        health.ports.insert(key.clone(), port);
+                        health.local_endpoints.insert(key.clone(), local);
+                    }
+                    None => {
+                        health.ports.remove(&key);
+                        health.local_endpoints.remove(&key);
+                    }
                 }
                 let view = UdpView::of(&p);
                 let before = self.udp[i].remove(&key).unwrap_or_default();
@@ -299,19 +324,10 @@ impl State {
         let Some(config) = &self.planned else {
             return HealthChecks::default();
         };
-        let ports = healthcheck::health_check_ports(family, self.services.iter());
-        let local_endpoints = ports
-            .keys()
-            .map(|k| {
-                let eps = self.slices.endpoints(k);
-                let n = healthcheck::local_ready_endpoints(family, &config.node.name, eps.as_ref());
-                (k.clone(), n)
-            })
-            .collect();
+        let i = usize::from(family == AddressType::V6);
         HealthChecks {
             addresses: plan::globals(family, config).nodeport_ips,
-            ports,
-            local_endpoints,
+            ..self.health[i].clone()
         }
     }
 }

@@ -62,17 +62,22 @@ fn slice(name: &str, service: &str, ips: &[(&str, bool)]) -> EndpointSlice {
     }
 }
 
-/// Polls the client's view until `want` holds, for at most 20 s.
-fn eventually(lab: &Lab, what: &str, want: impl Fn(&BTreeMap<String, u32>) -> bool) -> Instant {
+/// Polls `probe` until `want` holds for what it returns, for at most 20 s.
+fn poll<T: std::fmt::Debug>(what: &str, probe: impl Fn() -> T, want: impl Fn(&T) -> bool) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = lab.ask("tcp", "10.96.0.50", 80, 20);
+        let seen = probe();
         if want(&seen) {
-            return Instant::now();
+            return seen;
         }
         assert!(Instant::now() < deadline, "{what}: last seen {seen:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Polls the client's view of the web Service until `want` holds.
+fn eventually(lab: &Lab, what: &str, want: impl Fn(&BTreeMap<String, u32>) -> bool) {
+    poll(what, || lab.ask("tcp", "10.96.0.50", 80, 20), want);
 }
 
 /// svcplane-proxy in the lab's node namespace, reaching the API server through the relay.
@@ -203,8 +208,7 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
     );
 }
 
-/// Polls `url` from namespace `from` until `want` holds for its (status, weight header, body),
-/// for at most 20 s.
+/// Polls `url` from namespace `from` until `want` holds for its answer.
 fn eventually_http(
     lab: &Lab,
     from: &str,
@@ -212,15 +216,7 @@ fn eventually_http(
     what: &str,
     want: impl Fn(&common::HttpAnswer) -> bool,
 ) -> common::HttpAnswer {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let seen = lab.http_from(from, url);
-        if want(&seen) {
-            return seen;
-        }
-        assert!(Instant::now() < deadline, "{what}: last seen {seen:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll(what, || lab.http_from(from, url), want)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
