@@ -148,6 +148,9 @@ pub struct Index {
     pub ttl: Duration,
 }
 
+/// Values held by more than one Service: (IP, holders) and (port, holders).
+pub type Duplicates = (Vec<(IpAddr, Vec<Owner>)>, Vec<(u16, Vec<Owner>)>);
+
 /// The ServiceCIDR whose first CIDR decides the cluster's primary family (§3 of the upstream notes).
 pub const DEFAULT_SERVICE_CIDR: &str = "kubernetes";
 
@@ -360,7 +363,7 @@ impl Index {
     }
 
     /// Every ClusterIP held by more than one Service, and every NodePort likewise.
-    pub fn duplicates(&self) -> (Vec<(IpAddr, Vec<Owner>)>, Vec<(u16, Vec<Owner>)>) {
+    pub fn duplicates(&self) -> Duplicates {
         let ips = self
             .service_ips
             .iter()

@@ -12,6 +12,7 @@
 //! - [`audit`]: the periodic and watch-driven audit;
 //! - `run`: flags and wiring.
 
+pub mod audit;
 pub mod certs;
 pub mod decide;
 pub mod index;
@@ -19,5 +20,6 @@ pub mod lbipam;
 pub mod metrics;
 pub mod policy;
 pub mod ranges;
+pub mod run;
 pub mod sticky;
 pub mod webhook;

@@ -121,7 +121,7 @@ impl Allocator {
             _ => return self.respond(&req, "other", "unchanged", AdmissionResponse::from(&req)),
         };
         let resp = AdmissionResponse::from(&req);
-        if req.resource.group != "" || req.resource.resource != "services" || req.sub_resource.is_some() {
+        if !req.resource.group.is_empty() || req.resource.resource != "services" || req.sub_resource.is_some() {
             return self.respond(&req, op, "unchanged", resp);
         }
         let decode = |o: &Option<DynamicObject>| -> Result<Option<Service>, String> {

@@ -5,8 +5,8 @@
 //!
 //! Each binary flattens the flag groups here into its own `Args`, so flags are spelled the same
 //! everywhere. This crate holds no Service-networking rules: those live in the model and in each
-//! component's pure core. A TLS listener (the allocator's webhook) will be a module of its own,
-//! not a growth of the plain admin server.
+//! component's pure core. The HTTPS listener for the allocator's webhook is a module of its own
+//! ([`tls`]), not a growth of the plain admin server.
 
 mod admin;
 mod client;
@@ -17,6 +17,7 @@ pub mod leader;
 pub mod queue;
 mod shutdown;
 mod telemetry;
+pub mod tls;
 mod watch;
 
 pub use admin::{AdminArgs, AdminServer, Health};
@@ -28,4 +29,5 @@ pub use leader::LeaderArgs;
 pub use queue::Queue;
 pub use shutdown::shutdown_signal;
 pub use telemetry::{LogArgs, LogFormat};
+pub use tls::{CertStore, Handler, TlsServer};
 pub use watch::{parse_duration, watch};

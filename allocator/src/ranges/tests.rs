@@ -73,7 +73,7 @@ fn port_bands_follow_kep_3668() {
 fn scan_prefers_the_first_band_and_wraps() {
     let bands = [10..=19, 0..=9];
     // Everything in the upper band from the start on is taken: wraps to its beginning.
-    assert_eq!(scan(&bands, 0.5, 100, |n| n >= 12 && n <= 19), Some(10));
+    assert_eq!(scan(&bands, 0.5, 100, |n| (12..=19).contains(&n)), Some(10));
     // Upper band full: falls back to the static band.
     assert_eq!(scan(&bands, 0.0, 100, |n| n >= 10), Some(0));
     // All full.
