@@ -61,7 +61,10 @@ pub fn audit(idx: &Index, suspects: &mut HashMap<IpAddr, Instant>, now: Instant)
                 kind: "duplicate_node_port",
                 reason: "PortAlreadyAllocated",
                 about: About::Service(o.clone()),
-                note: format!("Port {port} was assigned to multiple services ({}); please recreate service", join(&owners)),
+                note: format!(
+                    "Port {port} was assigned to multiple services ({}); please recreate service",
+                    join(&owners)
+                ),
             });
         }
     }
@@ -90,7 +93,10 @@ pub fn audit(idx: &Index, suspects: &mut HashMap<IpAddr, Instant>, now: Instant)
                     kind: "node_port_out_of_range",
                     reason: "PortOutOfRange",
                     about: About::Service((*owner).clone()),
-                    note: format!("Port {port} is not within the port range {}; please recreate service", idx.node_ports),
+                    note: format!(
+                        "Port {port} is not within the port range {}; please recreate service",
+                        idx.node_ports
+                    ),
                 });
             }
         }
@@ -118,7 +124,11 @@ pub fn audit(idx: &Index, suspects: &mut HashMap<IpAddr, Instant>, now: Instant)
 }
 
 fn join(owners: &[Owner]) -> String {
-    owners.iter().map(Owner::to_string).collect::<Vec<_>>().join(", ")
+    owners
+        .iter()
+        .map(Owner::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub const FINDING_KINDS: [&str; 6] = [
@@ -139,18 +149,30 @@ fn gauges(a: &Allocator, idx: &Index) {
             let used = idx.used_in(r);
             let size = CidrRange::size(r);
             let label = format!("{}/{}", c.name, r.cidr);
-            m.range_addresses.with_label_values(&["cluster_ip", &label, "used"]).set(used as f64);
-            m.range_addresses.with_label_values(&["cluster_ip", &label, "free"]).set(size.saturating_sub(used) as f64);
+            m.range_addresses
+                .with_label_values(&["cluster_ip", &label, "used"])
+                .set(used as f64);
+            m.range_addresses
+                .with_label_values(&["cluster_ip", &label, "free"])
+                .set(size.saturating_sub(used) as f64);
         }
     }
     let ports = idx.node_ports;
     let used = idx.used_ports_in(ports);
     let label = ports.to_string();
-    m.range_addresses.with_label_values(&["node_port", &label, "used"]).set(f64::from(used));
-    m.range_addresses.with_label_values(&["node_port", &label, "free"]).set(f64::from(ports.size().saturating_sub(used)));
+    m.range_addresses
+        .with_label_values(&["node_port", &label, "used"])
+        .set(f64::from(used));
+    m.range_addresses
+        .with_label_values(&["node_port", &label, "free"])
+        .set(f64::from(ports.size().saturating_sub(used)));
     let (ips, port_res) = idx.reservations();
-    m.reservations.with_label_values(&["cluster_ip"]).set(i64::try_from(ips).unwrap_or(i64::MAX));
-    m.reservations.with_label_values(&["node_port"]).set(i64::try_from(port_res).unwrap_or(i64::MAX));
+    m.reservations
+        .with_label_values(&["cluster_ip"])
+        .set(i64::try_from(ips).unwrap_or(i64::MAX));
+    m.reservations
+        .with_label_values(&["node_port"])
+        .set(i64::try_from(port_res).unwrap_or(i64::MAX));
 }
 
 pub async fn run(
@@ -194,11 +216,19 @@ pub async fn run(
             a.metrics.audit_findings.with_label_values(&[kind]).set(n);
         }
         a.metrics.last_audit.set(crate::sticky::unix_now() as f64);
-        let current: BTreeSet<(About, String)> = findings.iter().map(|f| (f.about.clone(), f.note.clone())).collect();
+        let current: BTreeSet<(About, String)> = findings
+            .iter()
+            .map(|f| (f.about.clone(), f.note.clone()))
+            .collect();
         if a.is_leading() {
-            for f in findings.iter().filter(|f| !reported.contains(&(f.about.clone(), f.note.clone()))) {
+            for f in findings
+                .iter()
+                .filter(|f| !reported.contains(&(f.about.clone(), f.note.clone())))
+            {
                 tracing::warn!(kind = f.kind, note = %f.note, "audit finding");
-                events.warn(&reference(&f.about), f.reason, f.note.clone()).await;
+                events
+                    .warn(&reference(&f.about), f.reason, f.note.clone())
+                    .await;
             }
         }
         reported = current;
@@ -247,16 +277,28 @@ mod tests {
     #[test]
     fn finds_what_the_repair_loops_would() {
         let mut idx = Index::new(PortRange::DEFAULT, Duration::from_secs(60));
-        let cidr: ServiceCIDR = serde_json::from_value(json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}})).expect("cidr");
+        let cidr: ServiceCIDR = serde_json::from_value(
+            json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}),
+        )
+        .expect("cidr");
         idx.apply_service_cidr("kubernetes", Some(&cidr));
-        for (name, ip, port) in [("a", "10.96.0.5", 30100), ("b", "10.96.0.5", 30100), ("c", "10.0.0.1", 20000), ("d", "10.96.0.6", 30101)] {
+        for (name, ip, port) in [
+            ("a", "10.96.0.5", 30100),
+            ("b", "10.96.0.5", 30100),
+            ("c", "10.0.0.1", 20000),
+            ("d", "10.96.0.6", 30101),
+        ] {
             idx.apply_service(&Owner::new("ns", name), Some(&svc(name, ip, port)));
         }
         idx.apply_ip_address("10.96.0.5", Some(&ipaddr("10.96.0.5", "a")));
         idx.apply_ip_address("10.96.0.9", Some(&ipaddr("10.96.0.9", "gone")));
         let mut suspects = HashMap::new();
         let now = Instant::now();
-        let kinds = |f: &[Finding]| f.iter().map(|f| (f.kind, f.about.clone())).collect::<BTreeSet<_>>();
+        let kinds = |f: &[Finding]| {
+            f.iter()
+                .map(|f| (f.kind, f.about.clone()))
+                .collect::<BTreeSet<_>>()
+        };
         let first = audit(&idx, &mut suspects, now);
         let svc_about = |n: &str| About::Service(Owner::new("ns", n));
         assert_eq!(
@@ -271,7 +313,8 @@ mod tests {
         );
         // The leak is reported once it outlived the grace period.
         let later = audit(&idx, &mut suspects, now + LEAK_GRACE);
-        assert!(later.iter().any(|f| f.kind == "leaked_ip_address" && f.about == About::IpAddress("10.96.0.9".parse().expect("ip"))));
+        assert!(later.iter().any(|f| f.kind == "leaked_ip_address"
+            && f.about == About::IpAddress("10.96.0.9".parse().expect("ip"))));
         idx.apply_ip_address("10.96.0.9", None);
         let _ = audit(&idx, &mut suspects, now + LEAK_GRACE);
         assert!(suspects.is_empty());

@@ -133,7 +133,10 @@ pub enum Decision {
     /// Admit as it is: nothing for the allocator to fill in.
     Unchanged,
     /// Admit with these JSON-patch operations.
-    Patch { ops: Vec<Value>, picks: Vec<Pick> },
+    Patch {
+        ops: Vec<Value>,
+        picks: Vec<Pick>,
+    },
     Deny(Denial),
 }
 
@@ -147,7 +150,13 @@ struct Draft {
     ports: Vec<u16>,
 }
 
-pub fn decide(idx: &mut Index, req: Request<'_>, ctx: Context<'_>, rng: &mut impl rand::Rng, now: Instant) -> Decision {
+pub fn decide(
+    idx: &mut Index,
+    req: Request<'_>,
+    ctx: Context<'_>,
+    rng: &mut impl rand::Rng,
+    now: Instant,
+) -> Decision {
     let Some(spec) = req.service.spec.as_ref() else {
         return Decision::Unchanged;
     };
@@ -224,7 +233,12 @@ fn family_of(s: &str) -> Option<bool> {
 /// The families the registry would give the Service, in order (§3 of the upstream notes), or
 /// `None` where the registry would refuse the spec: then it passes through for the API server
 /// to say why.
-fn families(spec: &ServiceSpec, old: Option<&ServiceSpec>, ips: &[String], cluster: &[bool]) -> Option<Vec<bool>> {
+fn families(
+    spec: &ServiceSpec,
+    old: Option<&ServiceSpec>,
+    ips: &[String],
+    cluster: &[bool],
+) -> Option<Vec<bool>> {
     let policy = spec
         .ip_family_policy
         .as_deref()
@@ -292,7 +306,10 @@ fn cluster_ips(
     let Some(cluster) = idx.cluster_families() else {
         return Ok(());
     };
-    let old_ips = old.filter(|o| needs_cluster_ip(o)).map(ips_of).unwrap_or_default();
+    let old_ips = old
+        .filter(|o| needs_cluster_ip(o))
+        .map(ips_of)
+        .unwrap_or_default();
     let mut ips = ips_of(spec);
     let mut write = false;
     if ips.is_empty() && !old_ips.is_empty() {
@@ -338,8 +355,12 @@ fn cluster_ips(
         }
     }
     if write {
-        draft.ops.push(json!({"op": "add", "path": "/spec/clusterIP", "value": ips[0]}));
-        draft.ops.push(json!({"op": "add", "path": "/spec/clusterIPs", "value": ips}));
+        draft
+            .ops
+            .push(json!({"op": "add", "path": "/spec/clusterIP", "value": ips[0]}));
+        draft
+            .ops
+            .push(json!({"op": "add", "path": "/spec/clusterIPs", "value": ips}));
     }
     Ok(())
 }
@@ -364,7 +385,13 @@ impl Draft {
     }
 }
 
-fn check_ip(idx: &Index, owner: &Owner, ip: IpAddr, field: &str, now: Instant) -> Result<(), Denial> {
+fn check_ip(
+    idx: &Index,
+    owner: &Owner,
+    ip: IpAddr,
+    field: &str,
+    now: Instant,
+) -> Result<(), Denial> {
     let usable: Vec<(&str, &CidrRange)> = usable_cidrs(idx, ip.is_ipv6());
     if !usable.iter().any(|(_, r)| r.contains(ip)) {
         return Err(Denial {
@@ -407,7 +434,11 @@ fn usable_cidrs(idx: &Index, v6: bool) -> Vec<(&str, &CidrRange)> {
 }
 
 /// Where dynamic picks of one family look, after the policy rule.
-fn candidate_cidrs<'a>(idx: &'a Index, v6: bool, rule: Option<&Rule>) -> Vec<(&'a str, &'a CidrRange)> {
+fn candidate_cidrs<'a>(
+    idx: &'a Index,
+    v6: bool,
+    rule: Option<&Rule>,
+) -> Vec<(&'a str, &'a CidrRange)> {
     let all = usable_cidrs(idx, v6);
     let Some(rule) = rule.filter(|r| !r.service_cidrs.is_empty()) else {
         return all;
@@ -415,7 +446,11 @@ fn candidate_cidrs<'a>(idx: &'a Index, v6: bool, rule: Option<&Rule>) -> Vec<(&'
     let chosen: Vec<_> = rule
         .service_cidrs
         .iter()
-        .flat_map(|name| all.iter().filter(move |(n, _)| *n == name.as_str()).copied())
+        .flat_map(|name| {
+            all.iter()
+                .filter(move |(n, _)| *n == name.as_str())
+                .copied()
+        })
         .collect();
     // A rule naming no CIDR of this family leaves that family to the defaults.
     let names_family = rule.service_cidrs.iter().any(|name| {
@@ -466,7 +501,9 @@ fn pick_ip(
     }
     for (_, range) in &cidrs {
         let bands: Vec<Span> = range.bands().collect();
-        if let Some(n) = scan(&bands, rng.random::<f64>(), SCAN_BUDGET, |n| !free(u128_to_ip(n, v6))) {
+        if let Some(n) = scan(&bands, rng.random::<f64>(), SCAN_BUDGET, |n| {
+            !free(u128_to_ip(n, v6))
+        }) {
             return Ok((u128_to_ip(n, v6), How::Dynamic));
         }
     }
@@ -494,7 +531,8 @@ fn node_port_type(spec: &ServiceSpec) -> bool {
 /// The registry allocates a node port for every service port (§5.1).
 fn needs_node_ports(spec: &ServiceSpec) -> bool {
     service_type(spec) == "NodePort"
-        || (service_type(spec) == "LoadBalancer" && spec.allocate_load_balancer_node_ports != Some(false))
+        || (service_type(spec) == "LoadBalancer"
+            && spec.allocate_load_balancer_node_ports != Some(false))
 }
 
 fn needs_health_check(spec: &ServiceSpec) -> bool {
@@ -520,7 +558,13 @@ fn node_ports(
         return Ok(());
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
-    let owned: BTreeSet<u16> = req.old.filter(|_| !req.create).map(|o| crate::index::Held::of(o).ports).unwrap_or_default().into_iter().collect();
+    let owned: BTreeSet<u16> = req
+        .old
+        .filter(|_| !req.create)
+        .map(|o| crate::index::Held::of(o).ports)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let explicit: Vec<u16> = ports.iter().map(|p| port_value(p.node_port)).collect();
     let mut values = explicit.clone();
     let mut write = vec![false; ports.len()];
@@ -592,7 +636,9 @@ fn node_ports(
     }
     for (i, v) in values.iter().enumerate() {
         if write[i] {
-            draft.ops.push(json!({"op": "add", "path": format!("/spec/ports/{i}/nodePort"), "value": v}));
+            draft.ops.push(
+                json!({"op": "add", "path": format!("/spec/ports/{i}/nodePort"), "value": v}),
+            );
         }
     }
     if needs_health_check(spec) {
@@ -612,7 +658,9 @@ fn node_ports(
                 if values.contains(&v) {
                     return Err(Denial {
                         reason: DenyReason::PortTaken,
-                        message: format!("spec.healthCheckNodePort: {v} is already used by a port of this Service"),
+                        message: format!(
+                            "spec.healthCheckNodePort: {v} is already used by a port of this Service"
+                        ),
                     });
                 }
                 check_port(idx, req.owner, v, "spec.healthCheckNodePort", now)?;
@@ -626,7 +674,9 @@ fn node_ports(
             write = true;
         }
         if write {
-            draft.ops.push(json!({"op": "add", "path": "/spec/healthCheckNodePort", "value": v}));
+            draft
+                .ops
+                .push(json!({"op": "add", "path": "/spec/healthCheckNodePort", "value": v}));
         }
     }
     Ok(())
@@ -637,18 +687,30 @@ fn describe_ports(idx: &Index, range: PortRange) -> String {
     format!("the range of valid ports is {range}, {free} free")
 }
 
-fn check_port(idx: &Index, owner: &Owner, port: u16, field: &str, now: Instant) -> Result<(), Denial> {
+fn check_port(
+    idx: &Index,
+    owner: &Owner,
+    port: u16,
+    field: &str,
+    now: Instant,
+) -> Result<(), Denial> {
     let range = idx.node_ports;
     if !range.contains(port) {
         return Err(Denial {
             reason: DenyReason::PortOutOfRange,
-            message: format!("{field}: {port} is not in the valid range; {}", describe_ports(idx, range)),
+            message: format!(
+                "{field}: {port} is not in the valid range; {}",
+                describe_ports(idx, range)
+            ),
         });
     }
     if let Some(holder) = idx.port_holder(port, owner, now) {
         return Err(Denial {
             reason: DenyReason::PortTaken,
-            message: format!("{field}: {port} is already allocated to {holder}; {}", describe_ports(idx, range)),
+            message: format!(
+                "{field}: {port} is already allocated to {holder}; {}",
+                describe_ports(idx, range)
+            ),
         });
     }
     Ok(())
@@ -663,7 +725,10 @@ fn pick_port(
     now: Instant,
     draft: &Draft,
 ) -> Result<(u16, How), Denial> {
-    let sub = ctx.rule.and_then(|r| r.node_port_range).unwrap_or(idx.node_ports);
+    let sub = ctx
+        .rule
+        .and_then(|r| r.node_port_range)
+        .unwrap_or(idx.node_ports);
     let free = |p: u16| !draft.ports.contains(&p) && !idx.port_taken(p, owner, now);
     if let Some(p) = sticky.filter(|p| sub.contains(*p) && free(*p)) {
         return Ok((p, How::Sticky));

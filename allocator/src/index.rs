@@ -12,9 +12,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{IPAddress, ServiceCIDR};
-use ipnet::IpNet;
 
 use crate::ranges::{CidrRange, PortRange, ip_to_u128};
 
@@ -213,9 +213,17 @@ impl Index {
         let parent = Some(&obj.spec.parent_ref).filter(|p| !p.name.is_empty());
         let holder = match parent {
             Some(p) if p.resource == "services" && p.group.as_deref().unwrap_or("").is_empty() => {
-                Holder::Service(Owner::new(p.namespace.clone().unwrap_or_default(), p.name.clone()))
+                Holder::Service(Owner::new(
+                    p.namespace.clone().unwrap_or_default(),
+                    p.name.clone(),
+                ))
             }
-            Some(p) => Holder::IpAddress(format!("{} {}/{}", p.resource, p.namespace.clone().unwrap_or_default(), p.name)),
+            Some(p) => Holder::IpAddress(format!(
+                "{} {}/{}",
+                p.resource,
+                p.namespace.clone().unwrap_or_default(),
+                p.name
+            )),
             None => Holder::IpAddress("no parent".into()),
         };
         self.reserved_ips.remove(&ip);
@@ -242,7 +250,10 @@ impl Index {
         }
         if let Some(new) = &new {
             for ip in &new.ips {
-                self.service_ips.entry(*ip).or_default().insert(owner.clone());
+                self.service_ips
+                    .entry(*ip)
+                    .or_default()
+                    .insert(owner.clone());
                 self.reserved_ips.remove(ip);
             }
             for port in &new.ports {
@@ -297,21 +308,33 @@ impl Index {
                 other => return Some(other.clone()),
             }
         }
-        if let Some(o) = self.service_ips.get(&ip).and_then(|s| s.iter().find(|o| !o.is(asking))) {
+        if let Some(o) = self
+            .service_ips
+            .get(&ip)
+            .and_then(|s| s.iter().find(|o| !o.is(asking)))
+        {
             return Some(Holder::Service(o.clone()));
         }
         match self.reserved_ips.get(&ip) {
-            Some(r) if r.until > now && !r.owner.is(asking) => Some(Holder::Reserved(r.owner.clone())),
+            Some(r) if r.until > now && !r.owner.is(asking) => {
+                Some(Holder::Reserved(r.owner.clone()))
+            }
             _ => None,
         }
     }
 
     pub fn port_holder(&self, port: u16, asking: &Owner, now: Instant) -> Option<Holder> {
-        if let Some(o) = self.ports.get(&port).and_then(|s| s.iter().find(|o| !o.is(asking))) {
+        if let Some(o) = self
+            .ports
+            .get(&port)
+            .and_then(|s| s.iter().find(|o| !o.is(asking)))
+        {
             return Some(Holder::Service(o.clone()));
         }
         match self.reserved_ports.get(&port) {
-            Some(r) if r.until > now && !r.owner.is(asking) => Some(Holder::Reserved(r.owner.clone())),
+            Some(r) if r.until > now && !r.owner.is(asking) => {
+                Some(Holder::Reserved(r.owner.clone()))
+            }
             _ => None,
         }
     }
@@ -338,12 +361,24 @@ impl Index {
 
     pub fn reserve_ip(&mut self, ip: IpAddr, owner: &Owner, now: Instant) {
         let until = now + self.ttl;
-        self.reserved_ips.insert(ip, Reservation { owner: owner.clone(), until });
+        self.reserved_ips.insert(
+            ip,
+            Reservation {
+                owner: owner.clone(),
+                until,
+            },
+        );
     }
 
     pub fn reserve_port(&mut self, port: u16, owner: &Owner, now: Instant) {
         let until = now + self.ttl;
-        self.reserved_ports.insert(port, Reservation { owner: owner.clone(), until });
+        self.reserved_ports.insert(
+            port,
+            Reservation {
+                owner: owner.clone(),
+                until,
+            },
+        );
     }
 
     /// How many addresses of `range` are taken (for messages and gauges).
@@ -397,7 +432,11 @@ impl Index {
     }
 }
 
-fn remove_owner<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<Owner>>, key: &K, owner: &Owner) {
+fn remove_owner<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, BTreeSet<Owner>>,
+    key: &K,
+    owner: &Owner,
+) {
     if let Some(set) = map.get_mut(key) {
         set.remove(owner);
         if set.is_empty() {

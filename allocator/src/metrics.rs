@@ -33,7 +33,8 @@ impl Metrics {
                 "Time from a whole admission request body to its answer, decoding and encoding included.",
             )
             .buckets(vec![
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0,
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.01,
+                0.025, 0.1, 1.0,
             ]),
         )?;
         let allocations = IntCounterVec::new(

@@ -58,7 +58,9 @@ pub enum Error {
     },
     #[error("policy file {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("policy rule {rule}: nodePortRange {range} is not inside --service-node-port-range {global}")]
+    #[error(
+        "policy rule {rule}: nodePortRange {range} is not inside --service-node-port-range {global}"
+    )]
     OutsideRange {
         rule: String,
         range: PortRange,
@@ -104,8 +106,7 @@ impl Policy {
     pub fn rule_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Option<&Rule> {
         self.rules.iter().find(|r| {
             (r.namespaces.is_empty() || r.namespaces.iter().any(|n| n == namespace))
-                && r
-                    .service_selector
+                && r.service_selector
                     .iter()
                     .all(|(k, v)| labels.get(k) == Some(v))
         })
@@ -125,24 +126,47 @@ mod tests {
         .expect("valid");
         let edge = BTreeMap::from([("tier".to_owned(), "edge".to_owned())]);
         let none = BTreeMap::new();
-        assert_eq!(p.rule_for("a", &edge).map(|r| r.name.as_str()), Some("edge"));
+        assert_eq!(
+            p.rule_for("a", &edge).map(|r| r.name.as_str()),
+            Some("edge")
+        );
         assert_eq!(
             p.rule_for("a", &edge).and_then(|r| r.node_port_range),
-            Some(PortRange { first: 31000, last: 31009 })
+            Some(PortRange {
+                first: 31000,
+                last: 31009
+            })
         );
         assert_eq!(p.rule_for("a", &none).map(|r| r.name.as_str()), Some("a"));
-        assert_eq!(p.rule_for("a", &none).map(|r| r.service_cidrs.clone()), Some(vec!["extra".to_owned()]));
+        assert_eq!(
+            p.rule_for("a", &none).map(|r| r.service_cidrs.clone()),
+            Some(vec!["extra".to_owned()])
+        );
         assert!(p.rule_for("b", &edge).is_none());
     }
 
     #[test]
     fn bad_files_are_refused_with_a_reason() {
-        let outside = Policy::parse("rules:\n- name: x\n  nodePortRange: 20000-20010\n", PortRange::DEFAULT);
-        assert!(matches!(outside, Err(Error::OutsideRange { .. })), "{outside:?}");
+        let outside = Policy::parse(
+            "rules:\n- name: x\n  nodePortRange: 20000-20010\n",
+            PortRange::DEFAULT,
+        );
+        assert!(
+            matches!(outside, Err(Error::OutsideRange { .. })),
+            "{outside:?}"
+        );
         let unknown = Policy::parse("rules:\n- name: x\n  nodePorts: 1\n", PortRange::DEFAULT);
         assert!(matches!(unknown, Err(Error::Parse { .. })), "{unknown:?}");
-        let range = Policy::parse("rules:\n- name: x\n  nodePortRange: banana\n", PortRange::DEFAULT);
+        let range = Policy::parse(
+            "rules:\n- name: x\n  nodePortRange: banana\n",
+            PortRange::DEFAULT,
+        );
         assert!(matches!(range, Err(Error::Parse { .. })), "{range:?}");
-        assert_eq!(Policy::parse("", PortRange::DEFAULT).map(|p| p.rules.len()).ok(), Some(0));
+        assert_eq!(
+            Policy::parse("", PortRange::DEFAULT)
+                .map(|p| p.rules.len())
+                .ok(),
+            Some(0)
+        );
     }
 }

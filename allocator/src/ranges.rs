@@ -117,7 +117,11 @@ pub fn ip_band_offset(n: u128) -> u128 {
 
 /// KEP-3668: `size` is the number of ports in the range.
 pub fn port_band_offset(size: u32) -> u32 {
-    if size <= 16 { 0 } else { (size / 32).clamp(16, 128) }
+    if size <= 16 {
+        0
+    } else {
+        (size / 32).clamp(16, 128)
+    }
 }
 
 /// A NodePort range such as `30000-32767` (the API server's `--service-node-port-range`).
@@ -144,7 +148,8 @@ impl PortRange {
     /// The static band of this range (`None` if it has none).
     pub fn static_band(&self) -> Option<Span> {
         let offset = port_band_offset(self.size());
-        (offset > 0).then(|| u128::from(self.first)..=u128::from(self.first) + u128::from(offset) - 1)
+        (offset > 0)
+            .then(|| u128::from(self.first)..=u128::from(self.first) + u128::from(offset) - 1)
     }
 
     /// The bands of `sub` (a sub-range chosen by policy) in search order: the part of `sub`

@@ -60,7 +60,11 @@ pub enum Error {
 #[command(name = "svcplane-allocator", version, about)]
 pub struct Args {
     /// Where the HTTPS webhook listens.
-    #[arg(long, env = "SVCPLANE_WEBHOOK_BIND_ADDRESS", default_value = "0.0.0.0:9443")]
+    #[arg(
+        long,
+        env = "SVCPLANE_WEBHOOK_BIND_ADDRESS",
+        default_value = "0.0.0.0:9443"
+    )]
     pub webhook_bind_address: SocketAddr,
     /// Serving certificate (PEM chain), re-read when it changes.
     #[arg(long, env = "SVCPLANE_TLS_CERT_FILE")]
@@ -73,13 +77,25 @@ pub struct Args {
     #[arg(long, env = "SVCPLANE_SELF_MANAGED_TLS", default_value_t = false)]
     pub self_managed_tls: bool,
     /// The MutatingWebhookConfiguration whose caBundle self-managed TLS keeps current.
-    #[arg(long, env = "SVCPLANE_WEBHOOK_CONFIGURATION", default_value = "svcplane-allocator")]
+    #[arg(
+        long,
+        env = "SVCPLANE_WEBHOOK_CONFIGURATION",
+        default_value = "svcplane-allocator"
+    )]
     pub webhook_configuration: String,
     /// The Service in front of the webhook (its DNS names go into the certificate).
-    #[arg(long, env = "SVCPLANE_WEBHOOK_SERVICE", default_value = "svcplane-allocator")]
+    #[arg(
+        long,
+        env = "SVCPLANE_WEBHOOK_SERVICE",
+        default_value = "svcplane-allocator"
+    )]
     pub webhook_service: String,
     /// Secret holding the self-managed CA and certificate.
-    #[arg(long, env = "SVCPLANE_TLS_SECRET", default_value = "svcplane-allocator-tls")]
+    #[arg(
+        long,
+        env = "SVCPLANE_TLS_SECRET",
+        default_value = "svcplane-allocator-tls"
+    )]
     pub tls_secret: String,
     /// Lifetime of self-managed certificates; renewed when a third of it is left.
     #[arg(long, env = "SVCPLANE_SELF_MANAGED_CERT_VALIDITY", default_value = "8760h", value_parser = svcplane_runtime::parse_duration)]
@@ -91,7 +107,11 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub namespace: String,
     /// Same as the API server's --service-node-port-range (no API exposes it).
-    #[arg(long, env = "SVCPLANE_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    #[arg(
+        long,
+        env = "SVCPLANE_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
     pub service_node_port_range: PortRange,
     /// How long a value handed out stays reserved when it never shows up stored.
     #[arg(long, env = "SVCPLANE_RESERVATION_TTL", default_value = "60s", value_parser = svcplane_runtime::parse_duration)]
@@ -103,7 +123,11 @@ pub struct Args {
     #[arg(long, env = "SVCPLANE_STICKY_MAX_ENTRIES", default_value_t = 5000)]
     pub sticky_max_entries: usize,
     /// The ConfigMap (in --namespace) the sticky memory is kept in.
-    #[arg(long, env = "SVCPLANE_STICKY_CONFIGMAP", default_value = "svcplane-allocator-sticky")]
+    #[arg(
+        long,
+        env = "SVCPLANE_STICKY_CONFIGMAP",
+        default_value = "svcplane-allocator-sticky"
+    )]
     pub sticky_configmap: String,
     /// Allocation policy (YAML; see docs/allocator.md).
     #[arg(long, env = "SVCPLANE_POLICY_FILE")]
@@ -141,10 +165,20 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Some(path) => Policy::load(path, args.service_node_port_range)?,
         None => Policy::default(),
     };
-    let store = match (&args.tls_cert_file, &args.tls_private_key_file, args.self_managed_tls) {
+    let store = match (
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        args.self_managed_tls,
+    ) {
         (Some(cert), Some(key), false) => {
-            let cert_pem = std::fs::read(cert).map_err(|e| svcplane_runtime::tls::Error::Read { path: cert.clone(), source: e })?;
-            let key_pem = std::fs::read(key).map_err(|e| svcplane_runtime::tls::Error::Read { path: key.clone(), source: e })?;
+            let cert_pem = std::fs::read(cert).map_err(|e| svcplane_runtime::tls::Error::Read {
+                path: cert.clone(),
+                source: e,
+            })?;
+            let key_pem = std::fs::read(key).map_err(|e| svcplane_runtime::tls::Error::Read {
+                path: key.clone(),
+                source: e,
+            })?;
             CertStore::from_pem(&cert_pem, &key_pem)?
         }
         (None, None, true) => crate::certs::bootstrap_store(),
@@ -190,9 +224,27 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // Watches.
     let changed = Arc::new(Notify::new());
     let synced = Arc::new(SyncFlags::default());
-    tasks.push(tokio::spawn(watch_cidrs(client.clone(), allocator.clone(), synced.clone(), changed.clone(), stopped(stop_rx.clone()))));
-    tasks.push(tokio::spawn(watch_ip_addresses(client.clone(), allocator.clone(), synced.clone(), changed.clone(), stopped(stop_rx.clone()))));
-    tasks.push(tokio::spawn(watch_services(client.clone(), allocator.clone(), synced.clone(), changed.clone(), stopped(stop_rx.clone()))));
+    tasks.push(tokio::spawn(watch_cidrs(
+        client.clone(),
+        allocator.clone(),
+        synced.clone(),
+        changed.clone(),
+        stopped(stop_rx.clone()),
+    )));
+    tasks.push(tokio::spawn(watch_ip_addresses(
+        client.clone(),
+        allocator.clone(),
+        synced.clone(),
+        changed.clone(),
+        stopped(stop_rx.clone()),
+    )));
+    tasks.push(tokio::spawn(watch_services(
+        client.clone(),
+        allocator.clone(),
+        synced.clone(),
+        changed.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
     // Leadership and readiness: ready = leading and synced (and, on taking the lease, after a
     // quorum read of what is taken, so nothing the previous leader handed out is missed).
@@ -204,7 +256,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         leading_rx.clone(),
         stopped(stop_rx.clone()),
     )));
-    tasks.push(tokio::spawn(keep_sticky(client.clone(), args.namespace.clone(), args.sticky_configmap.clone(), allocator.clone(), stopped(stop_rx.clone()))));
+    tasks.push(tokio::spawn(keep_sticky(
+        client.clone(),
+        args.namespace.clone(),
+        args.sticky_configmap.clone(),
+        allocator.clone(),
+        stopped(stop_rx.clone()),
+    )));
     tasks.push(tokio::spawn(crate::audit::run(
         client.clone(),
         allocator.clone(),
@@ -234,14 +292,31 @@ pub async fn run(args: Args) -> Result<(), Error> {
             webhook_configuration: args.webhook_configuration.clone(),
             dns_names: vec![
                 format!("{}.{}.svc", args.webhook_service, args.namespace),
-                format!("{}.{}.svc.cluster.local", args.webhook_service, args.namespace),
+                format!(
+                    "{}.{}.svc.cluster.local",
+                    args.webhook_service, args.namespace
+                ),
             ],
             ip_sans: args.tls_san_ips.clone(),
             validity: args.self_managed_cert_validity,
         };
-        tasks.push(tokio::spawn(crate::certs::run(client.clone(), cfg, store.clone(), leading_rx.clone(), stopped(stop_rx.clone()))));
-    } else if let (Some(cert), Some(key)) = (args.tls_cert_file.clone(), args.tls_private_key_file.clone()) {
-        tasks.push(tokio::spawn(store.clone().reload_files(cert, key, Duration::from_secs(10), stopped(stop_rx.clone()))));
+        tasks.push(tokio::spawn(crate::certs::run(
+            client.clone(),
+            cfg,
+            store.clone(),
+            leading_rx.clone(),
+            stopped(stop_rx.clone()),
+        )));
+    } else if let (Some(cert), Some(key)) = (
+        args.tls_cert_file.clone(),
+        args.tls_private_key_file.clone(),
+    ) {
+        tasks.push(tokio::spawn(store.clone().reload_files(
+            cert,
+            key,
+            Duration::from_secs(10),
+            stopped(stop_rx.clone()),
+        )));
     }
     let handler: svcplane_runtime::tls::Handler = {
         let allocator = allocator.clone();
@@ -250,8 +325,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
             Box::pin(async move { serve(&allocator, req) })
         })
     };
-    tasks.push(tokio::spawn(webhook.serve(handler, stopped(stop_rx.clone()))));
-    tasks.push(tokio::spawn(admin.serve(registry, health.clone(), stopped(stop_rx.clone()))));
+    tasks.push(tokio::spawn(
+        webhook.serve(handler, stopped(stop_rx.clone())),
+    ));
+    tasks.push(tokio::spawn(admin.serve(
+        registry,
+        health.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
     svcplane_runtime::shutdown_signal().await;
     tracing::info!("stopping");
@@ -268,18 +349,30 @@ fn serve(allocator: &Allocator, req: http::Request<Bytes>) -> http::Response<Ful
     let reply = |status: http::StatusCode, body: Vec<u8>, json: bool| {
         let mut resp = http::Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
-        let ct = if json { "application/json" } else { "text/plain; charset=utf-8" };
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+        let ct = if json {
+            "application/json"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ct),
+        );
         resp
     };
     if req.uri().path() != WEBHOOK_PATH {
         return reply(http::StatusCode::NOT_FOUND, b"not found\n".to_vec(), false);
     }
     if req.method() != http::Method::POST {
-        return reply(http::StatusCode::METHOD_NOT_ALLOWED, b"POST only\n".to_vec(), false);
+        return reply(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            b"POST only\n".to_vec(),
+            false,
+        );
     }
     let answer = allocator.review(req.body());
-    let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status = http::StatusCode::from_u16(answer.status)
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     reply(status, answer.body, answer.json)
 }
 
@@ -314,7 +407,13 @@ impl SyncFlags {
     }
 }
 
-async fn watch_cidrs(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, changed: Arc<Notify>, stop: impl Future<Output = ()>) {
+async fn watch_cidrs(
+    client: Client,
+    a: Arc<Allocator>,
+    synced: Arc<SyncFlags>,
+    changed: Arc<Notify>,
+    stop: impl Future<Output = ()>,
+) {
     let api: Api<ServiceCIDR> = Api::all(client);
     let mut seen: Option<Vec<String>> = None;
     let stream = svcplane_runtime::watch(api, watcher::Config::default());
@@ -332,7 +431,11 @@ async fn watch_cidrs(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, 
             }
             Event::InitDone => {
                 let keep = seen.take().unwrap_or_default();
-                let stale: Vec<String> = idx.service_cidrs().map(|c| c.name.clone()).filter(|n| !keep.contains(n)).collect();
+                let stale: Vec<String> = idx
+                    .service_cidrs()
+                    .map(|c| c.name.clone())
+                    .filter(|n| !keep.contains(n))
+                    .collect();
                 for name in stale {
                     idx.apply_service_cidr(&name, None);
                 }
@@ -344,7 +447,13 @@ async fn watch_cidrs(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, 
     }
 }
 
-async fn watch_ip_addresses(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, changed: Arc<Notify>, stop: impl Future<Output = ()>) {
+async fn watch_ip_addresses(
+    client: Client,
+    a: Arc<Allocator>,
+    synced: Arc<SyncFlags>,
+    changed: Arc<Notify>,
+    stop: impl Future<Output = ()>,
+) {
     let api: Api<IPAddress> = Api::all(client);
     let mut seen: Option<std::collections::HashSet<String>> = None;
     let stream = svcplane_runtime::watch(api, watcher::Config::default());
@@ -362,7 +471,11 @@ async fn watch_ip_addresses(client: Client, a: Arc<Allocator>, synced: Arc<SyncF
             }
             Event::InitDone => {
                 let keep = seen.take().unwrap_or_default();
-                let stale: Vec<String> = idx.ip_objects().map(|(ip, _)| ip.to_string()).filter(|n| !keep.contains(n)).collect();
+                let stale: Vec<String> = idx
+                    .ip_objects()
+                    .map(|(ip, _)| ip.to_string())
+                    .filter(|n| !keep.contains(n))
+                    .collect();
                 for name in stale {
                     idx.apply_ip_address(&name, None);
                 }
@@ -374,7 +487,13 @@ async fn watch_ip_addresses(client: Client, a: Arc<Allocator>, synced: Arc<SyncF
     }
 }
 
-async fn watch_services(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, changed: Arc<Notify>, stop: impl Future<Output = ()>) {
+async fn watch_services(
+    client: Client,
+    a: Arc<Allocator>,
+    synced: Arc<SyncFlags>,
+    changed: Arc<Notify>,
+    stop: impl Future<Output = ()>,
+) {
     let api: Api<Service> = Api::all(client);
     let mut seen: Option<std::collections::HashSet<Owner>> = None;
     let stream = svcplane_runtime::watch(api, watcher::Config::default());
@@ -400,7 +519,11 @@ async fn watch_services(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags
             }
             Event::InitDone => {
                 let keep = seen.take().unwrap_or_default();
-                let gone: Vec<Owner> = lock(&a.index).services().map(|(o, _)| o.clone()).filter(|o| !keep.contains(o)).collect();
+                let gone: Vec<Owner> = lock(&a.index)
+                    .services()
+                    .map(|(o, _)| o.clone())
+                    .filter(|o| !keep.contains(o))
+                    .collect();
                 for o in gone {
                     a.apply_service(&o, None);
                 }
@@ -414,7 +537,14 @@ async fn watch_services(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags
 /// Follows leadership: on taking the lease, a quorum read of Services and IPAddresses reserves
 /// everything stored at that moment (the watch may lag behind what the previous leader handed
 /// out), then the webhook answers and /readyz turns true.
-async fn lead(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, health: Health, mut leading: watch::Receiver<bool>, stop: impl Future<Output = ()>) {
+async fn lead(
+    client: Client,
+    a: Arc<Allocator>,
+    synced: Arc<SyncFlags>,
+    health: Health,
+    mut leading: watch::Receiver<bool>,
+    stop: impl Future<Output = ()>,
+) {
     let mut stop = std::pin::pin!(stop);
     loop {
         let lead = *leading.borrow_and_update();
@@ -426,7 +556,10 @@ async fn lead(client: Client, a: Arc<Allocator>, synced: Arc<SyncFlags>, health:
             loop {
                 match catch_up(&client, &a).await {
                     Ok(n) => {
-                        tracing::info!(values = n, "leading: reserved everything stored; answering the webhook");
+                        tracing::info!(
+                            values = n,
+                            "leading: reserved everything stored; answering the webhook"
+                        );
                         break;
                     }
                     Err(error) => {
@@ -500,17 +633,27 @@ async fn load_sticky(client: &Client, args: &Args, a: &Allocator) {
             if let Some(doc) = doc {
                 match lock(&a.sticky).load(doc) {
                     Ok(n) => tracing::info!(entries = n, "loaded the sticky memory"),
-                    Err(error) => tracing::warn!(%error, configmap = %args.sticky_configmap, "the sticky memory does not parse; starting without it"),
+                    Err(error) => {
+                        tracing::warn!(%error, configmap = %args.sticky_configmap, "the sticky memory does not parse; starting without it")
+                    }
                 }
             }
         }
         Ok(None) => {}
-        Err(error) => tracing::warn!(%error, "could not read the sticky memory; starting without it"),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the sticky memory; starting without it")
+        }
     }
 }
 
 /// The leader writes the sticky memory back when it changed (at most every 2 s).
-async fn keep_sticky(client: Client, namespace: String, name: String, a: Arc<Allocator>, stop: impl Future<Output = ()>) {
+async fn keep_sticky(
+    client: Client,
+    namespace: String,
+    name: String,
+    a: Arc<Allocator>,
+    stop: impl Future<Output = ()>,
+) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let mut stop = std::pin::pin!(stop);
     let mut pending: Option<String> = None;
@@ -523,7 +666,9 @@ async fn keep_sticky(client: Client, namespace: String, name: String, a: Arc<All
         {
             let mut s = lock(&a.sticky);
             s.expire(now);
-            a.metrics.sticky_entries.set(i64::try_from(s.len()).unwrap_or(i64::MAX));
+            a.metrics
+                .sticky_entries
+                .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
             if let Some(doc) = s.take_dirty() {
                 pending = Some(doc);
             }
@@ -538,9 +683,18 @@ async fn keep_sticky(client: Client, namespace: String, name: String, a: Arc<All
             "metadata": {"name": name, "namespace": namespace},
             "data": {STICKY_KEY: doc},
         });
-        match api.patch(&name, &PatchParams::apply("svcplane-allocator").force(), &Patch::Apply(&patch)).await {
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply("svcplane-allocator").force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
             Ok(_) => pending = None,
-            Err(error) => tracing::warn!(%error, configmap = %name, "could not save the sticky memory; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, configmap = %name, "could not save the sticky memory; retrying")
+            }
         }
     }
 }

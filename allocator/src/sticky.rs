@@ -61,8 +61,10 @@ impl Remembered {
             health_check_node_port,
             deleted_at,
         };
-        (!r.cluster_ips.is_empty() || !r.node_ports.is_empty() || r.health_check_node_port.is_some())
-            .then_some(r)
+        (!r.cluster_ips.is_empty()
+            || !r.node_ports.is_empty()
+            || r.health_check_node_port.is_some())
+        .then_some(r)
     }
 }
 
@@ -196,7 +198,10 @@ mod tests {
         assert_eq!(s.len(), 2, "oldest evicted");
         assert!(s.get(&Owner::new("ns", "a"), 40).is_none());
         assert!(s.get(&Owner::new("ns", "b"), 120).is_some());
-        assert!(s.get(&Owner::new("ns", "b"), 121).is_none(), "past retention");
+        assert!(
+            s.get(&Owner::new("ns", "b"), 121).is_none(),
+            "past retention"
+        );
         s.expire(125);
         assert_eq!(s.len(), 1);
     }

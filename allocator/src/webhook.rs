@@ -121,7 +121,10 @@ impl Allocator {
             _ => return self.respond(&req, "other", "unchanged", AdmissionResponse::from(&req)),
         };
         let resp = AdmissionResponse::from(&req);
-        if !req.resource.group.is_empty() || req.resource.resource != "services" || req.sub_resource.is_some() {
+        if !req.resource.group.is_empty()
+            || req.resource.resource != "services"
+            || req.sub_resource.is_some()
+        {
             return self.respond(&req, op, "unchanged", resp);
         }
         let decode = |o: &Option<DynamicObject>| -> Result<Option<Service>, String> {
@@ -159,7 +162,10 @@ impl Allocator {
             .or_else(|| Some(req.name.clone()).filter(|n| !n.is_empty()));
         let owner = match name {
             Some(name) => Owner::new(&namespace, name),
-            None => Owner::generated(&namespace, service.metadata.generate_name.as_deref().unwrap_or("")),
+            None => Owner::generated(
+                &namespace,
+                service.metadata.generate_name.as_deref().unwrap_or(""),
+            ),
         };
         let create = matches!(req.operation, Operation::Create);
         let labels = service.metadata.labels.clone().unwrap_or_default();
@@ -192,7 +198,12 @@ impl Allocator {
                     .with_label_values(&[denial.reason.as_str()])
                     .inc();
                 tracing::info!(service = %owner, reason = denial.reason.as_str(), message = %denial.message, "denied");
-                self.respond(&req, op, "denied", resp.deny(format!("svcplane-allocator: {}", denial.message)))
+                self.respond(
+                    &req,
+                    op,
+                    "denied",
+                    resp.deny(format!("svcplane-allocator: {}", denial.message)),
+                )
             }
             Decision::Patch { ops, picks } => {
                 if !req.dry_run {
@@ -212,7 +223,13 @@ impl Allocator {
         }
     }
 
-    fn respond(&self, req: &AdmissionRequest<DynamicObject>, op: &str, result: &str, resp: AdmissionResponse) -> Answer {
+    fn respond(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        op: &str,
+        result: &str,
+        resp: AdmissionResponse,
+    ) -> Answer {
         self.respond_with(req, op, result, resp, None)
     }
 
@@ -230,7 +247,9 @@ impl Allocator {
         review.types = req.types.clone();
         let encoded = serde_json::to_value(&review).map(|mut v| {
             // The API server reads `patch` as Go []byte: a base64 string.
-            if let (Some(patch), Some(r)) = (patch, v.get_mut("response").and_then(|r| r.as_object_mut())) {
+            if let (Some(patch), Some(r)) =
+                (patch, v.get_mut("response").and_then(|r| r.as_object_mut()))
+            {
                 r.insert("patch".into(), B64.encode(patch).into());
                 r.insert("patchType".into(), "JSONPatch".into());
             }
@@ -246,7 +265,13 @@ impl Allocator {
         }
     }
 
-    fn undecodable(&self, req: &AdmissionRequest<DynamicObject>, op: &str, mut resp: AdmissionResponse, error: String) -> Answer {
+    fn undecodable(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        op: &str,
+        mut resp: AdmissionResponse,
+        error: String,
+    ) -> Answer {
         tracing::warn!(uid = %req.uid, %error, "could not read the Service in an admission request; admitting it unchanged");
         resp.warnings = Some(vec![format!(
             "svcplane-allocator could not read this Service ({error}); the API server allocates for it"

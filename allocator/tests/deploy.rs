@@ -27,12 +27,22 @@ async fn manifests_apply_and_the_allocator_runs_under_its_token() {
     if let Err(error) = kubelet::create_namespace(&client, "kube-system").await {
         assert!(error.to_string().contains("already exists"), "{error}");
     }
-    manifest::apply(&client, CRDS).await.unwrap_or_else(|e| panic!("deploy/svcplane-allocator-crds.yaml rejected: {e}"));
-    manifest::apply(&client, MANIFEST).await.unwrap_or_else(|e| panic!("deploy/svcplane-allocator.yaml rejected: {e}"));
+    manifest::apply(&client, CRDS)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/svcplane-allocator-crds.yaml rejected: {e}"));
+    manifest::apply(&client, MANIFEST)
+        .await
+        .unwrap_or_else(|e| panic!("deploy/svcplane-allocator.yaml rejected: {e}"));
 
-    let deployment = Api::<Deployment>::namespaced(client.clone(), "kube-system").get("svcplane-allocator").await.expect("Deployment");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "kube-system")
+        .get("svcplane-allocator")
+        .await
+        .expect("Deployment");
     let pod = deployment.spec.template.spec.expect("pod template");
-    assert_eq!(pod.service_account_name.as_deref(), Some("svcplane-allocator"));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("svcplane-allocator")
+    );
     let args: Vec<String> = pod.containers[0]
         .args
         .clone()
@@ -40,7 +50,11 @@ async fn manifests_apply_and_the_allocator_runs_under_its_token() {
         .into_iter()
         .filter(|a| !a.starts_with("--admin-addr=") && !a.starts_with("--webhook-bind-address="))
         .collect();
-    assert!(args.iter().any(|a| a == "--leader-elect") && args.iter().any(|a| a == "--self-managed-tls"), "{args:?}");
+    assert!(
+        args.iter().any(|a| a == "--leader-elect")
+            && args.iter().any(|a| a == "--self-managed-tls"),
+        "{args:?}"
+    );
 
     // The test API server cannot reach a Service; point the webhook at loopback instead,
     // leaving the caBundle to the allocator.
@@ -56,8 +70,12 @@ async fn manifests_apply_and_the_allocator_runs_under_its_token() {
     .await
     .expect("point the webhook at loopback");
 
-    let token = kubelet::service_account_token(&client, "kube-system", "svcplane-allocator").await.expect("token");
-    let kubeconfig = env.write_kubeconfig_with_token("svcplane-allocator.kubeconfig", &token).expect("kubeconfig");
+    let token = kubelet::service_account_token(&client, "kube-system", "svcplane-allocator")
+        .await
+        .expect("token");
+    let kubeconfig = env
+        .write_kubeconfig_with_token("svcplane-allocator.kubeconfig", &token)
+        .expect("kubeconfig");
     let admin = free_port();
     let running = Running {
         child: Command::new(env!("CARGO_BIN_EXE_svcplane-allocator"))
@@ -78,7 +96,12 @@ async fn manifests_apply_and_the_allocator_runs_under_its_token() {
     running.wait_ready().await;
     eventually(Duration::from_secs(30), "caBundle written", || async {
         let mwc = mwcs.get(WEBHOOK).await.map_err(|e| e.to_string())?;
-        match mwc.webhooks.unwrap_or_default().first().and_then(|w| w.client_config.ca_bundle.clone()) {
+        match mwc
+            .webhooks
+            .unwrap_or_default()
+            .first()
+            .and_then(|w| w.client_config.ca_bundle.clone())
+        {
             Some(b) if !b.0.is_empty() => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -86,9 +109,25 @@ async fn manifests_apply_and_the_allocator_runs_under_its_token() {
     .await;
     namespace(&client, "app", false).await;
     wait_webhook_used(&client, &running, "app").await;
-    let svc = create(&client, &service("app", "web", json!({"type": "NodePort", "ports": [{"port": 80}]}))).await.expect("web");
+    let svc = create(
+        &client,
+        &service(
+            "app",
+            "web",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("web");
     assert!(!ips(&svc).is_empty() && node_ports(&svc)[0] != 0);
     let body = running.metrics().await;
-    assert!(metric_sum(&body, "svcplane_allocator_allocations_total", &[("kind", "node_port")]) >= 1.0, "{body}");
+    assert!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_allocations_total",
+            &[("kind", "node_port")]
+        ) >= 1.0,
+        "{body}"
+    );
     assert_eq!(metric_sum(&body, "svcplane_allocator_leader", &[]), 1.0);
 }

@@ -28,7 +28,14 @@ struct Shape {
 
 fn shape(result: &Result<Service, kube::Error>, cidrs: &[IpNet]) -> Shape {
     let Ok(svc) = result else {
-        return Shape { ok: false, cluster_ips: vec![], families: vec![], policy: None, node_ports: vec![], health_check: false };
+        return Shape {
+            ok: false,
+            cluster_ips: vec![],
+            families: vec![],
+            policy: None,
+            node_ports: vec![],
+            health_check: false,
+        };
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let cluster_ips = spec
@@ -37,19 +44,30 @@ fn shape(result: &Result<Service, kube::Error>, cidrs: &[IpNet]) -> Shape {
         .unwrap_or_default()
         .iter()
         .map(|ip| match ip.parse::<IpAddr>() {
-            Ok(ip) if cidrs.iter().any(|c| c.contains(&ip)) => format!("{} in range", if ip.is_ipv6() { "IPv6" } else { "IPv4" }),
+            Ok(ip) if cidrs.iter().any(|c| c.contains(&ip)) => {
+                format!("{} in range", if ip.is_ipv6() { "IPv6" } else { "IPv4" })
+            }
             Ok(ip) => format!("{ip} OUT OF RANGE"),
             Err(_) => ip.clone(),
         })
         .collect();
-    let ports: Vec<i32> = spec.ports.clone().unwrap_or_default().iter().map(|p| p.node_port.unwrap_or(0)).collect();
+    let ports: Vec<i32> = spec
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.node_port.unwrap_or(0))
+        .collect();
     // Node ports as a sharing pattern: 0, or the index of the first port with the same value.
     let node_ports = ports
         .iter()
         .map(|p| match p {
             0 => "none".to_owned(),
             p if !(30000..=32767).contains(p) => format!("{p} OUT OF RANGE"),
-            p => format!("like port {}", ports.iter().position(|q| q == p).unwrap_or(0)),
+            p => format!(
+                "like port {}",
+                ports.iter().position(|q| q == p).unwrap_or(0)
+            ),
         })
         .collect();
     let hc = spec.health_check_node_port.unwrap_or(0);
@@ -69,40 +87,116 @@ fn specs(n: u16) -> Vec<(&'static str, Value)> {
     let np = |base: u16| i32::from(base + n);
     vec![
         ("plain", json!({"ports": [{"port": 80}]})),
-        ("prefer", json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]})),
-        ("require-v6", json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"], "ports": [{"port": 80}]})),
-        ("v6-only", json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]})),
-        ("static-v4", json!({"ipFamilyPolicy": "PreferDualStack", "clusterIP": format!("10.96.7.{}", 10 + n), "clusterIPs": [format!("10.96.7.{}", 10 + n)], "ports": [{"port": 80}]})),
-        ("headless", json!({"clusterIP": "None", "selector": {"app": "x"}, "ports": [{"port": 80}]})),
-        ("headless-noselector", json!({"clusterIP": "None", "ports": [{"port": 80}]})),
-        ("external", json!({"type": "ExternalName", "externalName": "example.com"})),
-        ("nodeport", json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 443}]})),
-        ("dns", json!({"type": "NodePort", "ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 53, "protocol": "TCP"}, {"name": "m", "port": 9153}]})),
-        ("dns-explicit-later", json!({"type": "NodePort", "ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 53, "protocol": "TCP", "nodePort": np(30010)}]})),
-        ("lb", json!({"type": "LoadBalancer", "ports": [{"port": 80}]})),
-        ("lb-local", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]})),
-        ("lb-noports", json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": np(30020)}]})),
-        ("lb-noports-local", json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "externalTrafficPolicy": "Local", "ports": [{"port": 80}]})),
-        ("explicit-hc", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": np(30030), "ports": [{"port": 80}]})),
+        (
+            "prefer",
+            json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
+        ),
+        (
+            "require-v6",
+            json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "v6-only",
+            json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "static-v4",
+            json!({"ipFamilyPolicy": "PreferDualStack", "clusterIP": format!("10.96.7.{}", 10 + n), "clusterIPs": [format!("10.96.7.{}", 10 + n)], "ports": [{"port": 80}]}),
+        ),
+        (
+            "headless",
+            json!({"clusterIP": "None", "selector": {"app": "x"}, "ports": [{"port": 80}]}),
+        ),
+        (
+            "headless-noselector",
+            json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+        ),
+        (
+            "external",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        ),
+        (
+            "nodeport",
+            json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 443}]}),
+        ),
+        (
+            "dns",
+            json!({"type": "NodePort", "ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 53, "protocol": "TCP"}, {"name": "m", "port": 9153}]}),
+        ),
+        (
+            "dns-explicit-later",
+            json!({"type": "NodePort", "ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 53, "protocol": "TCP", "nodePort": np(30010)}]}),
+        ),
+        (
+            "dns-cip",
+            json!({"ports": [{"name": "u", "port": 53, "protocol": "UDP"}, {"name": "t", "port": 53, "protocol": "TCP"}]}),
+        ),
+        (
+            "lb",
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+        ),
+        (
+            "lb-local",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        ),
+        (
+            "lb-noports",
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": np(30020)}]}),
+        ),
+        (
+            "lb-noports-local",
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        ),
+        (
+            "explicit-hc",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": np(30030), "ports": [{"port": 80}]}),
+        ),
         // Refused by both.
-        ("bad-port", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]})),
-        ("bad-ip", json!({"clusterIP": "10.200.0.1", "clusterIPs": ["10.200.0.1"], "ports": [{"port": 80}]})),
-        ("single-two-ips", json!({"ipFamilyPolicy": "SingleStack", "clusterIPs": ["10.96.8.1", "fd00:10:96::8:1"], "clusterIP": "10.96.8.1", "ports": [{"port": 80}]})),
-        ("taken-ip", json!({"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"], "ports": [{"port": 80}]})),
+        (
+            "bad-port",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]}),
+        ),
+        (
+            "bad-ip",
+            json!({"clusterIP": "10.200.0.1", "clusterIPs": ["10.200.0.1"], "ports": [{"port": 80}]}),
+        ),
+        (
+            "single-two-ips",
+            json!({"ipFamilyPolicy": "SingleStack", "clusterIPs": ["10.96.8.1", "fd00:10:96::8:1"], "clusterIP": "10.96.8.1", "ports": [{"port": 80}]}),
+        ),
+        (
+            "taken-ip",
+            json!({"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"], "ports": [{"port": 80}]}),
+        ),
     ]
 }
 
 async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)> {
     let mut out = Vec::new();
-    let mut record = |step: &str, r: &Result<Service, kube::Error>| out.push((step.to_owned(), shape(r, cidrs)));
+    let mut record =
+        |step: &str, r: &Result<Service, kube::Error>| out.push((step.to_owned(), shape(r, cidrs)));
     let pp = PatchParams::default();
     // ClusterIP -> NodePort (upstream shares nothing on update) -> ClusterIP.
     let r = api.patch("plain", &pp, &Patch::Merge(json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "name": "u"}]}}))).await;
     record("plain to NodePort", &r);
+    let r = api
+        .patch(
+            "dns-cip",
+            &pp,
+            &Patch::Merge(json!({"spec": {"type": "NodePort"}})),
+        )
+        .await;
+    record("dns-cip to NodePort", &r);
     let r = api.patch("dns", &pp, &Patch::Merge(json!({"spec": {"type": "ClusterIP", "ports": [{"name": "u", "port": 53, "protocol": "UDP", "nodePort": null}, {"name": "t", "port": 53, "protocol": "TCP", "nodePort": null}, {"name": "m", "port": 9153, "nodePort": null}]}}))).await;
     record("dns to ClusterIP", &r);
     // LoadBalancer Cluster -> Local adds the health check port; PUT of a bare manifest keeps all.
-    let r = api.patch("lb", &pp, &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}}))).await;
+    let r = api
+        .patch(
+            "lb",
+            &pp,
+            &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})),
+        )
+        .await;
     record("lb to Local", &r);
     if let Ok(current) = &r {
         let mut bare: Service = serde_json::from_value(json!({"metadata": {"name": "lb", "namespace": current.metadata.namespace}, "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}})).expect("svc");
@@ -113,10 +207,23 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
         record(&format!("lb bare PUT keeps values: {same}"), &put);
     }
     // Single to dual and back.
-    let r = api.patch("v6-only", &pp, &Patch::Merge(json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}}))).await;
+    let r = api
+        .patch(
+            "v6-only",
+            &pp,
+            &Patch::Merge(json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}})),
+        )
+        .await;
     record("v6-only to PreferDualStack", &r);
     if let Ok(s) = &r {
-        let first = s.spec.as_ref().and_then(|s| s.cluster_ips.clone()).unwrap_or_default().into_iter().take(1).collect::<Vec<_>>();
+        let first = s
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ips.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .take(1)
+            .collect::<Vec<_>>();
         let r = api.patch("v6-only", &pp, &Patch::Merge(json!({"spec": {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"], "clusterIPs": first}}))).await;
         record("back to SingleStack", &r);
     }
@@ -127,18 +234,31 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
 async fn same_specs_with_and_without_the_webhook() {
     let options = Options::dual_stack();
     let cidrs = options.service_cidrs.clone();
-    let s = setup(TestEnv::start_with(options).await.expect("control plane"), &[], "Fail").await;
+    let s = setup(
+        TestEnv::start_with(options).await.expect("control plane"),
+        &[],
+        "Fail",
+    )
+    .await;
     let c = &s.client;
     namespace(c, "hooked", false).await;
     namespace(c, "upstream", true).await;
-    let before = metric_sum(&s.allocator.metrics().await, "svcplane_allocator_webhook_requests_total", &[]);
+    let before = metric_sum(
+        &s.allocator.metrics().await,
+        "svcplane_allocator_webhook_requests_total",
+        &[],
+    );
     let mut mismatches = Vec::new();
     for ((name, ours), (_, theirs)) in specs(0).into_iter().zip(specs(1)) {
         let a = create(c, &service("hooked", name, ours)).await;
         let b = create(c, &service("upstream", name, theirs)).await;
         let (sa, sb) = (shape(&a, &cidrs), shape(&b, &cidrs));
         if sa != sb {
-            mismatches.push(format!("{name}:\n  webhook:  {sa:?} {:?}\n  upstream: {sb:?} {:?}", a.as_ref().err(), b.as_ref().err()));
+            mismatches.push(format!(
+                "{name}:\n  webhook:  {sa:?} {:?}\n  upstream: {sb:?} {:?}",
+                a.as_ref().err(),
+                b.as_ref().err()
+            ));
         }
     }
     let ours = run_changes(&Api::namespaced(c.clone(), "hooked"), &cidrs).await;
@@ -149,10 +269,20 @@ async fn same_specs_with_and_without_the_webhook() {
             mismatches.push(format!("{step}:\n  webhook:  {a:?}\n  upstream: {b:?}"));
         }
     }
-    assert!(mismatches.is_empty(), "differences from the API server's own allocation:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "differences from the API server's own allocation:\n{}",
+        mismatches.join("\n")
+    );
     // The hooked namespace really went through the webhook, the other never did.
     let body = s.allocator.metrics().await;
     let after = metric_sum(&body, "svcplane_allocator_webhook_requests_total", &[]);
     assert!(after - before >= 20.0, "{before} -> {after}");
-    assert!(metric_sum(&body, "svcplane_allocator_webhook_requests_total", &[("result", "patched")]) >= 10.0);
+    assert!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_webhook_requests_total",
+            &[("result", "patched")]
+        ) >= 10.0
+    );
 }

@@ -26,11 +26,19 @@ fn spec(i: usize) -> serde_json::Value {
         0 | 1 => json!({"ports": [{"port": 80}]}),
         2 => json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
         3 => json!({"type": "NodePort", "ports": ports}),
-        4 => json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 443}]}),
-        5 => json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 443}]}),
+        4 => {
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 443}]})
+        }
+        5 => {
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 443}]})
+        }
         // Fixed requests, unique per Service: in the static bands.
-        6 => json!({"clusterIP": format!("10.96.0.{}", 2 + i / 8 % 250), "clusterIPs": [format!("10.96.0.{}", 2 + i / 8 % 250)], "ports": [{"port": 80}]}),
-        _ if i / 8 < 86 => json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000 + i / 8}]}),
+        6 => {
+            json!({"clusterIP": format!("10.96.0.{}", 2 + i / 8 % 250), "clusterIPs": [format!("10.96.0.{}", 2 + i / 8 % 250)], "ports": [{"port": 80}]})
+        }
+        _ if i / 8 < 86 => {
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000 + i / 8}]})
+        }
         _ => json!({"type": "NodePort", "ports": [{"port": 80}]}),
     }
 }
@@ -38,7 +46,10 @@ fn spec(i: usize) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_parallel_creates_with_the_leader_killed() {
     let env = TestEnv::start_with(Options {
-        extra_apiserver_args: vec!["--max-requests-inflight=800".into(), "--max-mutating-requests-inflight=400".into()],
+        extra_apiserver_args: vec![
+            "--max-requests-inflight=800".into(),
+            "--max-mutating-requests-inflight=400".into(),
+        ],
         ..Options::dual_stack()
     })
     .await
@@ -53,12 +64,30 @@ async fn two_thousand_parallel_creates_with_the_leader_killed() {
         "--leader-elect-retry-period=500ms".to_owned(),
         "--load-balancer-ipam=false".to_owned(),
     ];
-    let mut a = Some(start(env.kubeconfig_path(), &certs, free_port(), "replica-a", &election));
+    let mut a = Some(start(
+        env.kubeconfig_path(),
+        &certs,
+        free_port(),
+        "replica-a",
+        &election,
+    ));
     a.as_ref().expect("a").wait_ready().await;
-    let b = start(env.kubeconfig_path(), &certs, free_port(), "replica-b", &election);
+    let b = start(
+        env.kubeconfig_path(),
+        &certs,
+        free_port(),
+        "replica-b",
+        &election,
+    );
     let (a_webhook, a_admin) = (a.as_ref().expect("a").webhook, a.as_ref().expect("a").admin);
     let relay = ReadyRelay::start(vec![(a_webhook, a_admin), (b.webhook, b.admin)]).await;
-    register(&client, &format!("https://{}/mutate-services", relay.addr), &certs.ca_pem, "Ignore").await;
+    register(
+        &client,
+        &format!("https://{}/mutate-services", relay.addr),
+        &certs.ca_pem,
+        "Ignore",
+    )
+    .await;
     namespace(&client, "probe", false).await;
     wait_webhook_used(&client, a.as_ref().expect("a"), "probe").await;
     namespace(&client, "storm", false).await;
@@ -94,26 +123,53 @@ async fn two_thousand_parallel_creates_with_the_leader_killed() {
             // SIGKILL: no lease release; the follower must wait the lease out.
             drop(a.take());
         };
-        let (results, ()) = tokio::join!(creates.buffer_unordered(PARALLEL).collect::<Vec<_>>(), killer);
+        let (results, ()) = tokio::join!(
+            creates.buffer_unordered(PARALLEL).collect::<Vec<_>>(),
+            killer
+        );
         results
     };
     let elapsed = start_at.elapsed();
-    let failures: Vec<String> = results.iter().filter_map(|(i, r)| r.as_ref().err().map(|e| format!("s{i}: {e}"))).collect();
-    assert!(failures.is_empty(), "{} of {CREATES} creates failed:\n{}", failures.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("s{i}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {CREATES} creates failed:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // No value held twice across all stored Services.
-    let all = Api::<Service>::all(client.clone()).list(&ListParams::default()).await.expect("list");
+    let all = Api::<Service>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("list");
     let mut ip_owner: HashMap<String, String> = HashMap::new();
     let mut port_owner: HashMap<i32, String> = HashMap::new();
     let mut dups = Vec::new();
     for svc in &all.items {
-        let key = format!("{}/{}", svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let key = format!(
+            "{}/{}",
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default()
+        );
         for ip in ips(svc).into_iter().filter(|ip| ip != "None") {
             if let Some(other) = ip_owner.insert(ip.clone(), key.clone()) {
                 dups.push(format!("{ip}: {other} and {key}"));
             }
         }
-        let mut mine: Vec<i32> = node_ports(svc).into_iter().chain([health_check_port(svc)]).filter(|p| *p != 0).collect();
+        let mut mine: Vec<i32> = node_ports(svc)
+            .into_iter()
+            .chain([health_check_port(svc)])
+            .filter(|p| *p != 0)
+            .collect();
         mine.sort_unstable();
         mine.dedup();
         for p in mine {
@@ -123,15 +179,28 @@ async fn two_thousand_parallel_creates_with_the_leader_killed() {
         }
     }
     assert!(dups.is_empty(), "duplicates: {dups:?}");
-    assert_eq!(all.items.iter().filter(|s| s.metadata.namespace.as_deref() == Some("storm")).count(), CREATES);
+    assert_eq!(
+        all.items
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some("storm"))
+            .count(),
+        CREATES
+    );
 
     // The follower took over and answered the rest.
     b.wait_ready().await;
     let body = b.metrics().await;
-    let patched = metric_sum(&body, "svcplane_allocator_webhook_requests_total", &[("result", "patched")]);
+    let patched = metric_sum(
+        &body,
+        "svcplane_allocator_webhook_requests_total",
+        &[("result", "patched")],
+    );
     assert!(patched > 0.0, "the new leader allocated nothing:\n{body}");
     let p99 = histogram_quantile(&body, "svcplane_allocator_webhook_duration_seconds", 0.99);
-    eprintln!("storm: {CREATES} creates in {elapsed:?} ({:.0}/s); new leader patched {patched}, its handler p99 <= {p99}s", CREATES as f64 / elapsed.as_secs_f64());
+    eprintln!(
+        "storm: {CREATES} creates in {elapsed:?} ({:.0}/s); new leader patched {patched}, its handler p99 <= {p99}s",
+        CREATES as f64 / elapsed.as_secs_f64()
+    );
 }
 
 /// The upper bound of the bucket holding quantile `q` of a Prometheus histogram.
@@ -141,10 +210,18 @@ fn histogram_quantile(body: &str, name: &str, q: f64) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect();
     let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-    buckets.iter().find(|(_, n)| *n >= q * total).map(|b| b.0).unwrap_or(f64::NAN)
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
 }

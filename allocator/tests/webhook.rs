@@ -21,7 +21,11 @@ fn denied(result: Result<Service, kube::Error>) -> String {
 }
 
 async fn allocations(s: &Setup) -> f64 {
-    metric_sum(&s.allocator.metrics().await, "svcplane_allocator_allocations_total", &[])
+    metric_sum(
+        &s.allocator.metrics().await,
+        "svcplane_allocator_allocations_total",
+        &[],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,82 +36,222 @@ async fn cluster_ips_node_ports_and_denials() {
 
     // ClusterIP: decided by the webhook (its counter moves), in the dynamic band.
     let before = allocations(&s).await;
-    let web = create(c, &service("app", "web", json!({"ports": [{"port": 80}]}))).await.expect("web");
+    let web = create(c, &service("app", "web", json!({"ports": [{"port": 80}]})))
+        .await
+        .expect("web");
     assert_eq!(allocations(&s).await, before + 1.0);
     let ip: IpAddr = ips(&web)[0].parse().expect("ip");
     let IpAddr::V4(v4) = ip else { panic!("{ip}") };
-    assert!(u32::from(v4) > u32::from(std::net::Ipv4Addr::new(10, 96, 1, 0)), "dynamic band: {ip}");
+    assert!(
+        u32::from(v4) > u32::from(std::net::Ipv4Addr::new(10, 96, 1, 0)),
+        "dynamic band: {ip}"
+    );
 
     // NodePort: TCP and UDP 53 share one node port; another port gets its own.
     let dns = create(c, &service("app", "dns", json!({"type": "NodePort", "ports": [
         {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
         {"name": "metrics", "port": 9153}]}))).await.expect("dns");
     let np = node_ports(&dns);
-    assert!(np[0] >= 30086 && np[0] == np[1] && np[2] != np[0] && np[2] >= 30086, "{np:?}");
+    assert!(
+        np[0] >= 30086 && np[0] == np[1] && np[2] != np[0] && np[2] >= 30086,
+        "{np:?}"
+    );
 
     // LoadBalancer with externalTrafficPolicy Local: node ports and a health check port.
     let lb = create(c, &service("app", "lb", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}))).await.expect("lb");
-    assert!(node_ports(&lb)[0] != 0 && health_check_port(&lb) != 0 && health_check_port(&lb) != node_ports(&lb)[0]);
+    assert!(
+        node_ports(&lb)[0] != 0
+            && health_check_port(&lb) != 0
+            && health_check_port(&lb) != node_ports(&lb)[0]
+    );
     // allocateLoadBalancerNodePorts false: none, but an explicit one is honoured.
-    let nolb = create(c, &service("app", "nolb", json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
-        "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30081}]}))).await.expect("nolb");
+    let nolb = create(
+        c,
+        &service(
+            "app",
+            "nolb",
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+        "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 30081}]}),
+        ),
+    )
+    .await
+    .expect("nolb");
     assert_eq!(node_ports(&nolb), vec![0, 30081]);
 
     // Headless and ExternalName are left alone.
     let before = allocations(&s).await;
-    let headless = create(c, &service("app", "headless", json!({"clusterIP": "None", "ports": [{"port": 80}]}))).await.expect("headless");
+    let headless = create(
+        c,
+        &service(
+            "app",
+            "headless",
+            json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("headless");
     assert_eq!(ips(&headless), vec!["None"]);
-    let ext = create(c, &service("app", "ext", json!({"type": "ExternalName", "externalName": "example.com"}))).await.expect("ext");
+    let ext = create(
+        c,
+        &service(
+            "app",
+            "ext",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        ),
+    )
+    .await
+    .expect("ext");
     assert!(ips(&ext).is_empty());
     assert_eq!(allocations(&s).await, before);
 
     // Requests for taken or out-of-range values are denied naming the owner and the range;
     // nothing is left behind.
-    let msg = denied(create(c, &service("app", "dup-ip", json!({"clusterIP": ips(&web)[0], "clusterIPs": [ips(&web)[0]]}))).await);
-    assert!(msg.contains("svcplane-allocator") && msg.contains("app/web") && msg.contains("10.96.0.0/16 has"), "{msg}");
-    let msg = denied(create(c, &service("app", "out-ip", json!({"clusterIP": "10.200.0.1", "clusterIPs": ["10.200.0.1"]}))).await);
-    assert!(msg.contains("not in any ServiceCIDR") && msg.contains("10.96.0.0/16"), "{msg}");
-    let msg = denied(create(c, &service("app", "dup-port", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": np[2]}]}))).await);
-    assert!(msg.contains("app/dns") && msg.contains("30000-32767"), "{msg}");
-    let msg = denied(create(c, &service("app", "low-port", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]}))).await);
-    assert!(msg.contains("spec.ports[0].nodePort: 20000 is not in the valid range"), "{msg}");
+    let msg = denied(
+        create(
+            c,
+            &service(
+                "app",
+                "dup-ip",
+                json!({"clusterIP": ips(&web)[0], "clusterIPs": [ips(&web)[0]]}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("svcplane-allocator")
+            && msg.contains("app/web")
+            && msg.contains("10.96.0.0/16 has"),
+        "{msg}"
+    );
+    let msg = denied(
+        create(
+            c,
+            &service(
+                "app",
+                "out-ip",
+                json!({"clusterIP": "10.200.0.1", "clusterIPs": ["10.200.0.1"]}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("not in any ServiceCIDR") && msg.contains("10.96.0.0/16"),
+        "{msg}"
+    );
+    let msg = denied(
+        create(
+            c,
+            &service(
+                "app",
+                "dup-port",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": np[2]}]}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("app/dns") && msg.contains("30000-32767"),
+        "{msg}"
+    );
+    let msg = denied(
+        create(
+            c,
+            &service(
+                "app",
+                "low-port",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 20000}]}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("spec.ports[0].nodePort: 20000 is not in the valid range"),
+        "{msg}"
+    );
     for name in ["dup-ip", "out-ip", "dup-port", "low-port"] {
         assert!(get(c, "app", name).await.is_none(), "{name} half-made");
     }
     // A free explicit request goes through.
     let fixed = create(c, &service("app", "fixed", json!({"clusterIP": "10.96.0.77", "clusterIPs": ["10.96.0.77"], "type": "NodePort", "ports": [{"port": 80, "nodePort": 30077}]}))).await.expect("fixed");
-    assert_eq!((ips(&fixed), node_ports(&fixed)), (vec!["10.96.0.77".to_owned()], vec![30077]));
+    assert_eq!(
+        (ips(&fixed), node_ports(&fixed)),
+        (vec!["10.96.0.77".to_owned()], vec![30077])
+    );
 
     // A PUT of the original manifest (no allocated fields) keeps every value.
     let api = Api::<Service>::namespaced(c.clone(), "app");
-    let mut put = service("app", "lb", json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}));
+    let mut put = service(
+        "app",
+        "lb",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+    );
     put.metadata.resource_version = lb.metadata.resource_version.clone();
-    let replaced = api.replace("lb", &PostParams::default(), &put).await.expect("replace");
-    assert_eq!((ips(&replaced), node_ports(&replaced), health_check_port(&replaced)), (ips(&lb), node_ports(&lb), health_check_port(&lb)));
+    let replaced = api
+        .replace("lb", &PostParams::default(), &put)
+        .await
+        .expect("replace");
+    assert_eq!(
+        (
+            ips(&replaced),
+            node_ports(&replaced),
+            health_check_port(&replaced)
+        ),
+        (ips(&lb), node_ports(&lb), health_check_port(&lb))
+    );
 
     // Type changes: ClusterIP -> NodePort adds node ports; back releases them (reusable).
     let patch = |ty: &str| json!({"spec": {"type": ty}});
-    let np_web = api.patch("web", &PatchParams::default(), &Patch::Merge(patch("NodePort"))).await.expect("to NodePort");
+    let np_web = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(patch("NodePort")),
+        )
+        .await
+        .expect("to NodePort");
     let port = node_ports(&np_web)[0];
     assert!(port >= 30086, "{port}");
     assert_eq!(ips(&np_web), ips(&web), "ClusterIP kept");
     let back = api
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": null}]}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": null}]}}),
+            ),
+        )
         .await
         .expect("to ClusterIP");
     assert_eq!(node_ports(&back), vec![0]);
-    eventually(Duration::from_secs(10), "released port reusable", || async {
-        let svc = service("app", "reuse", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}));
-        match create(c, &svc).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "released port reusable",
+        || async {
+            let svc = service(
+                "app",
+                "reuse",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}),
+            );
+            match create(c, &svc).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
     .await;
 
     // Dry-run allocates nothing that sticks.
     let (ip_res, _) = reservations(&s).await;
-    let _ = api.create(&PostParams { dry_run: true, ..Default::default() }, &service("app", "dry", json!({"ports": [{"port": 80}]}))).await.expect("dry run");
+    let _ = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &service("app", "dry", json!({"ports": [{"port": 80}]})),
+        )
+        .await
+        .expect("dry run");
     assert_eq!(reservations(&s).await.0, ip_res);
 
     // The metrics docs/allocator.md lists are exported.
@@ -121,31 +265,82 @@ async fn cluster_ips_node_ports_and_denials() {
     ] {
         assert!(body.contains(name), "{name} missing");
     }
-    assert_eq!(metric_sum(&body, "svcplane_allocator_denials_total", &[("reason", "ip_taken")]), 1.0);
-    assert_eq!(metric_sum(&body, "svcplane_allocator_denials_total", &[("reason", "port_out_of_range")]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_denials_total",
+            &[("reason", "ip_taken")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_denials_total",
+            &[("reason", "port_out_of_range")]
+        ),
+        1.0
+    );
 }
 
 async fn reservations(s: &Setup) -> (f64, f64) {
     let body = s.allocator.metrics().await;
     (
-        metric_sum(&body, "svcplane_allocator_reservations", &[("kind", "cluster_ip")]),
-        metric_sum(&body, "svcplane_allocator_reservations", &[("kind", "node_port")]),
+        metric_sum(
+            &body,
+            "svcplane_allocator_reservations",
+            &[("kind", "cluster_ip")],
+        ),
+        metric_sum(
+            &body,
+            "svcplane_allocator_reservations",
+            &[("kind", "node_port")],
+        ),
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_families() {
-    let s = setup(TestEnv::start_with(Options::dual_stack()).await.expect("control plane"), &[], "Fail").await;
+    let s = setup(
+        TestEnv::start_with(Options::dual_stack())
+            .await
+            .expect("control plane"),
+        &[],
+        "Fail",
+    )
+    .await;
     let c = &s.client;
     namespace(c, "ds", false).await;
-    let fam = |svc: &Service| ips(svc).iter().map(|ip| ip.parse::<IpAddr>().expect("ip").is_ipv6()).collect::<Vec<_>>();
-    let single = create(c, &service("ds", "single", json!({"ports": [{"port": 80}]}))).await.expect("single");
+    let fam = |svc: &Service| {
+        ips(svc)
+            .iter()
+            .map(|ip| ip.parse::<IpAddr>().expect("ip").is_ipv6())
+            .collect::<Vec<_>>()
+    };
+    let single = create(
+        c,
+        &service("ds", "single", json!({"ports": [{"port": 80}]})),
+    )
+    .await
+    .expect("single");
     assert_eq!(fam(&single), vec![false]);
-    let prefer = create(c, &service("ds", "prefer", json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}))).await.expect("prefer");
+    let prefer = create(
+        c,
+        &service(
+            "ds",
+            "prefer",
+            json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("prefer");
     assert_eq!(fam(&prefer), vec![false, true]);
     let v6first = create(c, &service("ds", "v6", json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv6", "IPv4"], "ports": [{"port": 80}]}))).await.expect("v6");
     assert_eq!(fam(&v6first), vec![true, false]);
-    assert_eq!(v6first.spec.as_ref().and_then(|s| s.ip_families.clone()), Some(vec!["IPv6".to_owned(), "IPv4".to_owned()]));
+    assert_eq!(
+        v6first.spec.as_ref().and_then(|s| s.ip_families.clone()),
+        Some(vec!["IPv6".to_owned(), "IPv4".to_owned()])
+    );
     // Static v4 plus a dynamic v6.
     let partial = create(c, &service("ds", "partial", json!({"ipFamilyPolicy": "PreferDualStack", "clusterIP": "10.96.3.3", "clusterIPs": ["10.96.3.3"], "ports": [{"port": 80}]}))).await.expect("partial");
     assert_eq!(ips(&partial)[0], "10.96.3.3");
@@ -158,7 +353,13 @@ async fn dual_stack_families() {
         .expect("downgrade");
     assert_eq!(ips(&down), vec![ips(&prefer)[0].clone()]);
     let body = s.allocator.metrics().await;
-    assert!(metric_sum(&body, "svcplane_allocator_allocations_total", &[("kind", "cluster_ip"), ("how", "dynamic")]) >= 5.0);
+    assert!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_allocations_total",
+            &[("kind", "cluster_ip"), ("how", "dynamic")]
+        ) >= 5.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,14 +368,28 @@ async fn sticky_allocation_survives_delete_and_restart() {
     let c = s.client.clone();
     namespace(&c, "st", false).await;
     let spec = json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}]});
-    let first = create(&c, &service("st", "web", spec.clone())).await.expect("web");
+    let first = create(&c, &service("st", "web", spec.clone()))
+        .await
+        .expect("web");
     delete(&c, "st", "web").await;
     // Let the allocator see the delete.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = create(&c, &service("st", "web", spec.clone())).await.expect("web again");
-    assert_eq!((ips(&again), node_ports(&again)), (ips(&first), node_ports(&first)));
+    let again = create(&c, &service("st", "web", spec.clone()))
+        .await
+        .expect("web again");
+    assert_eq!(
+        (ips(&again), node_ports(&again)),
+        (ips(&first), node_ports(&first))
+    );
     let body = s.allocator.metrics().await;
-    assert!(metric_sum(&body, "svcplane_allocator_allocations_total", &[("how", "sticky")]) >= 2.0, "{body}");
+    assert!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_allocations_total",
+            &[("how", "sticky")]
+        ) >= 2.0,
+        "{body}"
+    );
 
     // Delete, let the leader write its memory, restart the allocator: still sticky.
     delete(&c, "st", "web").await;
@@ -183,16 +398,37 @@ async fn sticky_allocation_survives_delete_and_restart() {
             .get_opt("svcplane-allocator-sticky")
             .await
             .map_err(|e| e.to_string())?;
-        let doc = cm.and_then(|cm| cm.data).and_then(|d| d.get("services.json").cloned()).unwrap_or_default();
-        if doc.contains("\"web\"") { Ok(()) } else { Err(doc) }
+        let doc = cm
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get("services.json").cloned())
+            .unwrap_or_default();
+        if doc.contains("\"web\"") {
+            Ok(())
+        } else {
+            Err(doc)
+        }
     })
     .await;
     let webhook = s.allocator.webhook;
-    drop(std::mem::replace(&mut s.allocator, start(s.env.kubeconfig_path(), &s.certs, webhook, "allocator-1", &["--load-balancer-ipam=false".to_owned()])));
+    drop(std::mem::replace(
+        &mut s.allocator,
+        start(
+            s.env.kubeconfig_path(),
+            &s.certs,
+            webhook,
+            "allocator-1",
+            &["--load-balancer-ipam=false".to_owned()],
+        ),
+    ));
     s.allocator.wait_ready().await;
     wait_webhook_used(&c, &s.allocator, "probe").await;
-    let third = create(&c, &service("st", "web", spec)).await.expect("web third");
-    assert_eq!((ips(&third), node_ports(&third)), (ips(&first), node_ports(&first)));
+    let third = create(&c, &service("st", "web", spec))
+        .await
+        .expect("web third");
+    assert_eq!(
+        (ips(&third), node_ports(&third)),
+        (ips(&first), node_ports(&first))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,22 +438,64 @@ async fn policy_chooses_service_cidr_and_node_port_range() {
     std::fs::write(&policy, "rules:\n- name: team\n  namespaces: [team]\n  serviceCIDRs: [team]\n  nodePortRange: 31000-31002\n").expect("write");
     let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
-    let cidr: ServiceCIDR = serde_json::from_value(json!({"metadata": {"name": "team"}, "spec": {"cidrs": ["10.97.0.0/24"]}})).expect("cidr");
-    Api::<ServiceCIDR>::all(client.clone()).create(&PostParams::default(), &cidr).await.expect("ServiceCIDR");
-    let s = setup(env, &[format!("--policy-file={}", policy.display())], "Fail").await;
+    let cidr: ServiceCIDR = serde_json::from_value(
+        json!({"metadata": {"name": "team"}, "spec": {"cidrs": ["10.97.0.0/24"]}}),
+    )
+    .expect("cidr");
+    Api::<ServiceCIDR>::all(client.clone())
+        .create(&PostParams::default(), &cidr)
+        .await
+        .expect("ServiceCIDR");
+    let s = setup(
+        env,
+        &[format!("--policy-file={}", policy.display())],
+        "Fail",
+    )
+    .await;
     let c = &s.client;
     namespace(c, "team", false).await;
     namespace(c, "other", false).await;
     let mut ports = Vec::new();
     for i in 0..3 {
-        let svc = create(c, &service("team", &format!("s{i}"), json!({"type": "NodePort", "ports": [{"port": 80}]}))).await.expect("team service");
+        let svc = create(
+            c,
+            &service(
+                "team",
+                &format!("s{i}"),
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .expect("team service");
         assert!(ips(&svc)[0].starts_with("10.97.0."), "{:?}", ips(&svc));
         ports.push(node_ports(&svc)[0]);
     }
     ports.sort_unstable();
     assert_eq!(ports, vec![31000, 31001, 31002]);
-    let msg = denied(create(c, &service("team", "s3", json!({"type": "NodePort", "ports": [{"port": 80}]}))).await);
-    assert!(msg.contains("no free NodePort in 31000-31002 of policy rule team"), "{msg}");
-    let other = create(c, &service("other", "s", json!({"type": "NodePort", "ports": [{"port": 80}]}))).await.expect("other");
+    let msg = denied(
+        create(
+            c,
+            &service(
+                "team",
+                "s3",
+                json!({"type": "NodePort", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("no free NodePort in 31000-31002 of policy rule team"),
+        "{msg}"
+    );
+    let other = create(
+        c,
+        &service(
+            "other",
+            "s",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("other");
     assert!(ips(&other)[0].starts_with("10.96."), "{:?}", ips(&other));
 }

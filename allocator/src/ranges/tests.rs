@@ -12,15 +12,43 @@ fn ip(s: &str) -> u128 {
 fn ip_bands_follow_kep_3070() {
     // (cidr, static band, dynamic band) as docs/upstream/apiserver-allocation.md §4.4 lists them.
     let cases = [
-        ("10.96.0.0/12", Some(("10.96.0.1", "10.96.1.0")), Some(("10.96.1.1", "10.111.255.254"))),
-        ("10.96.0.0/16", Some(("10.96.0.1", "10.96.1.0")), Some(("10.96.1.1", "10.96.255.254"))),
-        ("10.0.0.0/21", Some(("10.0.0.1", "10.0.0.128")), Some(("10.0.0.129", "10.0.7.254"))),
-        ("10.0.0.0/24", Some(("10.0.0.1", "10.0.0.16")), Some(("10.0.0.17", "10.0.0.254"))),
-        ("10.0.0.0/27", Some(("10.0.0.1", "10.0.0.16")), Some(("10.0.0.17", "10.0.0.30"))),
+        (
+            "10.96.0.0/12",
+            Some(("10.96.0.1", "10.96.1.0")),
+            Some(("10.96.1.1", "10.111.255.254")),
+        ),
+        (
+            "10.96.0.0/16",
+            Some(("10.96.0.1", "10.96.1.0")),
+            Some(("10.96.1.1", "10.96.255.254")),
+        ),
+        (
+            "10.0.0.0/21",
+            Some(("10.0.0.1", "10.0.0.128")),
+            Some(("10.0.0.129", "10.0.7.254")),
+        ),
+        (
+            "10.0.0.0/24",
+            Some(("10.0.0.1", "10.0.0.16")),
+            Some(("10.0.0.17", "10.0.0.254")),
+        ),
+        (
+            "10.0.0.0/27",
+            Some(("10.0.0.1", "10.0.0.16")),
+            Some(("10.0.0.17", "10.0.0.30")),
+        ),
         ("10.0.0.0/28", None, Some(("10.0.0.1", "10.0.0.14"))),
         ("10.0.0.0/30", None, Some(("10.0.0.1", "10.0.0.2"))),
-        ("fd00::/108", Some(("fd00::1", "fd00::100")), Some(("fd00::101", "fd00::f:ffff"))),
-        ("fd00::/64", Some(("fd00::1", "fd00::100")), Some(("fd00::101", "fd00::ffff:ffff:ffff:ffff"))),
+        (
+            "fd00::/108",
+            Some(("fd00::1", "fd00::100")),
+            Some(("fd00::101", "fd00::f:ffff")),
+        ),
+        (
+            "fd00::/64",
+            Some(("fd00::1", "fd00::100")),
+            Some(("fd00::101", "fd00::ffff:ffff:ffff:ffff")),
+        ),
     ];
     for (cidr, fixed, dynamic) in cases {
         let r = range(cidr);
@@ -33,7 +61,10 @@ fn ip_bands_follow_kep_3070() {
 #[test]
 fn unusable_cidrs() {
     for cidr in ["10.0.0.0/31", "10.0.0.1/32", "fd00::1/128", "fd00::/48"] {
-        assert!(CidrRange::new(cidr.parse().expect("cidr")).is_none(), "{cidr}");
+        assert!(
+            CidrRange::new(cidr.parse().expect("cidr")).is_none(),
+            "{cidr}"
+        );
     }
 }
 
@@ -48,7 +79,10 @@ fn contains_excludes_network_and_broadcast() {
     assert!(!r.contains("fd00::1".parse().expect("ip")));
     assert_eq!(r.size(), 65534);
     let v6 = range("fd00::/112");
-    assert!(v6.contains("fd00::ffff".parse().expect("ip")), "IPv6 keeps the all-ones address");
+    assert!(
+        v6.contains("fd00::ffff".parse().expect("ip")),
+        "IPv6 keeps the all-ones address"
+    );
 }
 
 #[test]
@@ -61,7 +95,10 @@ fn port_bands_follow_kep_3668() {
     assert_eq!(port_band_offset(17), 16);
     // A policy sub-range straddling the band edge: dynamic part first.
     let sub: PortRange = "30080-30100".parse().expect("range");
-    assert_eq!(PortRange::DEFAULT.bands_of(sub), vec![30086..=30100, 30080..=30085]);
+    assert_eq!(
+        PortRange::DEFAULT.bands_of(sub),
+        vec![30086..=30100, 30080..=30085]
+    );
     let low: PortRange = "30000-30010".parse().expect("range");
     assert_eq!(PortRange::DEFAULT.bands_of(low), vec![30000..=30010]);
     assert!("32767-30000".parse::<PortRange>().is_err());

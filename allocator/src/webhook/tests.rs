@@ -14,7 +14,12 @@ fn allocator() -> Allocator {
     }))
     .expect("servicecidr");
     idx.apply_service_cidr("kubernetes", Some(&cidr));
-    let a = Allocator::new(idx, Sticky::new(Duration::from_secs(60), 100), Policy::default(), Metrics::unregistered());
+    let a = Allocator::new(
+        idx,
+        Sticky::new(Duration::from_secs(60), 100),
+        Policy::default(),
+        Metrics::unregistered(),
+    );
     a.set_leading(true);
     a.set_synced(true);
     a
@@ -67,11 +72,27 @@ fn create_is_patched_with_a_json_patch() {
     assert_eq!(r["allowed"], true);
     assert_eq!(r["patchType"], "JSONPatch");
     let patch: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, r["patch"].as_str().expect("patch")).expect("base64"),
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            r["patch"].as_str().expect("patch"),
+        )
+        .expect("base64"),
     )
     .expect("patch json");
-    let paths: Vec<&str> = patch.as_array().expect("ops").iter().filter_map(|o| o["path"].as_str()).collect();
-    assert_eq!(paths, ["/spec/clusterIP", "/spec/clusterIPs", "/spec/ports/0/nodePort"]);
+    let paths: Vec<&str> = patch
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|o| o["path"].as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/clusterIP",
+            "/spec/clusterIPs",
+            "/spec/ports/0/nodePort"
+        ]
+    );
 }
 
 #[test]
@@ -83,7 +104,10 @@ fn denial_carries_the_reason() {
     let r = response(&a.review(&body));
     assert_eq!(r["allowed"], false);
     let msg = r["status"]["message"].as_str().expect("message");
-    assert!(msg.contains("20000 is not in the valid range") && msg.contains("30000-32767"), "{msg}");
+    assert!(
+        msg.contains("20000 is not in the valid range") && msg.contains("30000-32767"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -96,10 +120,18 @@ fn followers_and_other_requests_admit_unchanged() {
     assert!(r.get("patch").is_none_or(Value::is_null));
     a.set_leading(true);
     let body = serde_json::to_vec(&review("DELETE", service(), None)).expect("json");
-    assert!(response(&a.review(&body)).get("patch").is_none_or(Value::is_null));
+    assert!(
+        response(&a.review(&body))
+            .get("patch")
+            .is_none_or(Value::is_null)
+    );
     let mut r = review("CREATE", service(), None);
     r["request"]["resource"]["resource"] = json!("configmaps");
-    assert!(response(&a.review(&serde_json::to_vec(&r).expect("json"))).get("patch").is_none_or(Value::is_null));
+    assert!(
+        response(&a.review(&serde_json::to_vec(&r).expect("json")))
+            .get("patch")
+            .is_none_or(Value::is_null)
+    );
 }
 
 #[test]
@@ -110,13 +142,24 @@ fn unreadable_service_is_admitted_with_a_warning() {
     let body = serde_json::to_vec(&review("CREATE", s, None)).expect("json");
     let r = response(&a.review(&body));
     assert_eq!(r["allowed"], true);
-    assert!(r["warnings"][0].as_str().is_some_and(|w| w.contains("could not read")), "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("could not read")),
+        "{r}"
+    );
 }
 
 #[test]
 fn malformed_bodies_get_400() {
     let a = allocator();
-    for body in [&b""[..], b"{", b"[]", b"{\"kind\":\"AdmissionReview\"}", b"\xff\xfe"] {
+    for body in [
+        &b""[..],
+        b"{",
+        b"[]",
+        b"{\"kind\":\"AdmissionReview\"}",
+        b"\xff\xfe",
+    ] {
         let ans = a.review(body);
         assert_eq!(ans.status, 400, "{:?}", String::from_utf8_lossy(body));
         assert!(!ans.body.is_empty());
@@ -132,7 +175,17 @@ fn damaged_reviews_never_panic() {
     let base = serde_json::to_vec(&review("CREATE", service(), None)).expect("json");
     let base_value = review("UPDATE", service(), Some(service()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let odd = [json!(null), json!(-1), json!(1e308), json!("x"), json!([]), json!({}), json!(true), json!("10.96.0.1/33"), json!(70000)];
+    let odd = [
+        json!(null),
+        json!(-1),
+        json!(1e308),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!("10.96.0.1/33"),
+        json!(70000),
+    ];
     for round in 0..4000 {
         let body = if round % 2 == 0 {
             let mut b = base.clone();
@@ -158,7 +211,11 @@ fn damaged_reviews_never_panic() {
             for _ in 0..rng.random_range(1..6) {
                 let next = match node {
                     Value::Object(m) if !m.is_empty() => {
-                        let k = m.keys().nth(rng.random_range(0..m.len())).cloned().expect("key");
+                        let k = m
+                            .keys()
+                            .nth(rng.random_range(0..m.len()))
+                            .cloned()
+                            .expect("key");
                         pointer.push_str(&format!("/{k}"));
                         m.get(&k)
                     }

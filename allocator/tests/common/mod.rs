@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use svcplane_testenv::TestEnv;
 
@@ -32,7 +32,9 @@ where
     loop {
         match check().await {
             Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {within:?}; last: {last}"),
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what}: not within {within:?}; last: {last}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -40,7 +42,9 @@ where
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await else {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+    else {
         return (0, String::new());
     };
     let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
@@ -49,8 +53,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     }
     let mut raw = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw)).await;
-    let code = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -59,7 +70,11 @@ pub fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -82,14 +97,21 @@ impl Certs {
         let ca = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
         let cert = params.signed_by(&key, &ca).expect("cert");
         let dir = tempfile::tempdir().expect("tempdir");
         let cert_path = dir.path().join("tls.crt");
         let key_path = dir.path().join("tls.key");
         std::fs::write(&cert_path, cert.pem()).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        Self { dir, ca_pem: ca_cert.pem(), cert: cert_path, key: key_path }
+        Self {
+            dir,
+            ca_pem: ca_cert.pem(),
+            cert: cert_path,
+            key: key_path,
+        }
     }
 }
 
@@ -118,14 +140,24 @@ impl Running {
 
     pub async fn wait_ready(&self) {
         eventually(Duration::from_secs(60), "allocator ready", || async {
-            if self.ready().await { Ok(()) } else { Err("not ready".to_owned()) }
+            if self.ready().await {
+                Ok(())
+            } else {
+                Err("not ready".to_owned())
+            }
         })
         .await
     }
 }
 
 /// Starts the binary with the test certificate and `extra` flags, against `kubeconfig`.
-pub fn start(kubeconfig: &Path, certs: &Certs, webhook: SocketAddr, name: &str, extra: &[String]) -> Running {
+pub fn start(
+    kubeconfig: &Path,
+    certs: &Certs,
+    webhook: SocketAddr,
+    name: &str,
+    extra: &[String],
+) -> Running {
     let admin = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_svcplane-allocator"))
         .arg("--kubeconfig")
@@ -145,7 +177,11 @@ pub fn start(kubeconfig: &Path, certs: &Certs, webhook: SocketAddr, name: &str, 
         .stdin(Stdio::null())
         .spawn()
         .expect("start svcplane-allocator");
-    Running { child, admin, webhook }
+    Running {
+        child,
+        admin,
+        webhook,
+    }
 }
 
 /// Registers the webhook at `url` (an https URL on loopback) for Service creates and updates,
@@ -170,13 +206,23 @@ pub async fn register(client: &Client, url: &str, ca_pem: &str, failure_policy: 
     .expect("webhook configuration");
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let _ = api.delete(WEBHOOK, &DeleteParams::default()).await;
-    api.create(&PostParams::default(), &mwc).await.expect("register webhook");
+    api.create(&PostParams::default(), &mwc)
+        .await
+        .expect("register webhook");
 }
 
 pub async fn namespace(client: &Client, name: &str, skip: bool) {
-    let labels = if skip { json!({SKIP_LABEL: "true"}) } else { json!({}) };
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("ns");
-    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+    let labels = if skip {
+        json!({SKIP_LABEL: "true"})
+    } else {
+        json!({})
+    };
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("ns");
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("namespace {name}: {e}"),
@@ -184,16 +230,22 @@ pub async fn namespace(client: &Client, name: &str, skip: bool) {
 }
 
 pub fn service(ns: &str, name: &str, spec: Value) -> Service {
-    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).expect("service")
+    serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+        .expect("service")
 }
 
 pub async fn create(client: &Client, svc: &Service) -> Result<Service, kube::Error> {
     let ns = svc.metadata.namespace.clone().expect("namespace");
-    Api::<Service>::namespaced(client.clone(), &ns).create(&PostParams::default(), svc).await
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), svc)
+        .await
 }
 
 pub async fn get(client: &Client, ns: &str, name: &str) -> Option<Service> {
-    Api::<Service>::namespaced(client.clone(), ns).get_opt(name).await.expect("get service")
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get service")
 }
 
 pub async fn delete(client: &Client, ns: &str, name: &str) {
@@ -209,15 +261,27 @@ pub async fn delete(client: &Client, ns: &str, name: &str) {
 }
 
 pub fn ips(s: &Service) -> Vec<String> {
-    s.spec.as_ref().and_then(|s| s.cluster_ips.clone()).unwrap_or_default()
+    s.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ips.clone())
+        .unwrap_or_default()
 }
 
 pub fn node_ports(s: &Service) -> Vec<i32> {
-    s.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default().iter().map(|p| p.node_port.unwrap_or(0)).collect()
+    s.spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.node_port.unwrap_or(0))
+        .collect()
 }
 
 pub fn health_check_port(s: &Service) -> i32 {
-    s.spec.as_ref().and_then(|s| s.health_check_node_port).unwrap_or(0)
+    s.spec
+        .as_ref()
+        .and_then(|s| s.health_check_node_port)
+        .unwrap_or(0)
 }
 
 /// Waits until the webhook answers Service creates in `ns` (the API server picks a new
@@ -226,10 +290,30 @@ pub async fn wait_webhook_used(client: &Client, r: &Running, ns: &str) {
     let api = Api::<Service>::namespaced(client.clone(), ns);
     let probe = service(ns, "probe", json!({"ports": [{"port": 80}]}));
     eventually(Duration::from_secs(30), "webhook called", || async {
-        let before = metric_sum(&r.metrics().await, "svcplane_allocator_webhook_requests_total", &[]);
-        let _ = api.create(&PostParams { dry_run: true, ..Default::default() }, &probe).await;
-        let after = metric_sum(&r.metrics().await, "svcplane_allocator_webhook_requests_total", &[]);
-        if after > before { Ok(()) } else { Err(format!("{before} -> {after}")) }
+        let before = metric_sum(
+            &r.metrics().await,
+            "svcplane_allocator_webhook_requests_total",
+            &[],
+        );
+        let _ = api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &probe,
+            )
+            .await;
+        let after = metric_sum(
+            &r.metrics().await,
+            "svcplane_allocator_webhook_requests_total",
+            &[],
+        );
+        if after > before {
+            Ok(())
+        } else {
+            Err(format!("{before} -> {after}"))
+        }
     })
     .await
 }
@@ -251,10 +335,21 @@ pub async fn setup(env: TestEnv, extra: &[String], failure_policy: &str) -> Setu
     args.extend_from_slice(extra);
     let allocator = start(env.kubeconfig_path(), &certs, webhook, "allocator-0", &args);
     allocator.wait_ready().await;
-    register(&client, &format!("https://{webhook}/mutate-services"), &certs.ca_pem, failure_policy).await;
+    register(
+        &client,
+        &format!("https://{webhook}/mutate-services"),
+        &certs.ca_pem,
+        failure_policy,
+    )
+    .await;
     namespace(&client, "probe", false).await;
     wait_webhook_used(&client, &allocator, "probe").await;
-    Setup { allocator, client, certs, env }
+    Setup {
+        allocator,
+        client,
+        certs,
+        env,
+    }
 }
 
 /// A loopback TCP relay to whichever replica reports ready, as a Service routes to ready
@@ -276,7 +371,9 @@ impl ReadyRelay {
     pub async fn start(targets: Vec<(SocketAddr, SocketAddr)>) -> Self {
         use std::sync::Arc;
         use std::sync::Mutex;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
         let addr = listener.local_addr().expect("addr");
         let current: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let poll = {
@@ -298,7 +395,9 @@ impl ReadyRelay {
         let task = tokio::spawn(async move {
             let poller = tokio::spawn(poll);
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
                 let target = *current.lock().expect("lock");
                 let Some(target) = target else {
                     drop(inbound);
