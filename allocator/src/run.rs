@@ -135,6 +135,10 @@ pub struct Args {
     /// How often the audit runs in full (it also runs shortly after changes).
     #[arg(long, env = "SVCPLANE_AUDIT_PERIOD", default_value = "3m", value_parser = svcplane_runtime::parse_duration)]
     pub audit_period: Duration,
+    /// After taking over, how long answers wait for allocations the API server made while no
+    /// replica answered (see docs/allocator.md); 0 answers at once.
+    #[arg(long, env = "SVCPLANE_TAKEOVER_SETTLE", default_value = "2s", value_parser = svcplane_runtime::parse_duration)]
+    pub takeover_settle: Duration,
     /// Assign LoadBalancer IPs from LoadBalancerIPPools.
     #[arg(long, env = "SVCPLANE_LOAD_BALANCER_IPAM", default_value_t = true, action = clap::ArgAction::Set)]
     pub load_balancer_ipam: bool,
@@ -248,11 +252,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
     // Leadership and readiness: ready = leading and synced (and, on taking the lease, after a
     // quorum read of what is taken, so nothing the previous leader handed out is missed).
+    let (settled_tx, settled_rx) = watch::channel(false);
     tasks.push(tokio::spawn(lead(
         client.clone(),
         allocator.clone(),
         synced.clone(),
         health.clone(),
+        Settle {
+            period: args.takeover_settle,
+            done: settled_tx,
+        },
         leading_rx.clone(),
         stopped(stop_rx.clone()),
     )));
@@ -320,9 +329,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
     let handler: svcplane_runtime::tls::Handler = {
         let allocator = allocator.clone();
+        let most = args.takeover_settle + Duration::from_secs(3);
         Arc::new(move |req: http::Request<Bytes>| {
             let allocator = allocator.clone();
-            Box::pin(async move { serve(&allocator, req) })
+            let mut settled = settled_rx.clone();
+            Box::pin(async move {
+                // Just after taking over, answers wait for the settle period (see `lead`).
+                if allocator.is_leading() && !*settled.borrow() {
+                    let _ = tokio::time::timeout(most, settled.wait_for(|s| *s)).await;
+                }
+                serve(&allocator, req)
+            })
         })
     };
     tasks.push(tokio::spawn(
@@ -534,14 +551,28 @@ async fn watch_services(
     }
 }
 
+/// The wait after taking over, and whether it is over.
+struct Settle {
+    period: Duration,
+    done: watch::Sender<bool>,
+}
+
 /// Follows leadership: on taking the lease, a quorum read of Services and IPAddresses reserves
 /// everything stored at that moment (the watch may lag behind what the previous leader handed
-/// out), then the webhook answers and /readyz turns true.
+/// out), then /readyz turns true.
+///
+/// Then the settle period: while no replica was ready, the API server let Service writes past
+/// the webhook (failurePolicy Ignore) and allocated for them itself; some of those may still be
+/// between their allocation and their store when traffic moves to us. Requests that arrive in
+/// the first `--takeover-settle` wait, a second quorum read picks up what those writes took,
+/// and only then are they answered, so a pick of ours cannot land on a value the registry just
+/// handed out behind our back.
 async fn lead(
     client: Client,
     a: Arc<Allocator>,
     synced: Arc<SyncFlags>,
     health: Health,
+    settle: Settle,
     mut leading: watch::Receiver<bool>,
     stop: impl Future<Output = ()>,
 ) {
@@ -556,10 +587,7 @@ async fn lead(
             loop {
                 match catch_up(&client, &a).await {
                     Ok(n) => {
-                        tracing::info!(
-                            values = n,
-                            "leading: reserved everything stored; answering the webhook"
-                        );
+                        tracing::info!(values = n, "leading: reserved everything stored; ready");
                         break;
                     }
                     Err(error) => {
@@ -574,7 +602,24 @@ async fn lead(
             a.set_synced(true);
             a.set_leading(*leading.borrow());
             health.set_ready(*leading.borrow());
+            if !settle.period.is_zero() {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(settle.period) => {}
+                }
+                match catch_up(&client, &a).await {
+                    Ok(n) => tracing::info!(
+                        values = n,
+                        "settled after taking over; answering the webhook"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, "second read after taking over failed; answering anyway")
+                    }
+                }
+            }
+            settle.done.send_replace(true);
         } else {
+            settle.done.send_replace(false);
             a.set_leading(false);
             health.set_ready(false);
         }
