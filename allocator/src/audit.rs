@@ -23,8 +23,15 @@ use crate::webhook::{Allocator, lock};
 /// How long an IPAddress may point at a missing Service before it counts as leaked (the API
 /// server's repair loop waits the same).
 const LEAK_GRACE: Duration = Duration::from_secs(60);
+/// How long any other finding must last before it is reported, by default (`--audit-grace`):
+/// the watches of Services and IPAddresses lag each other under load, and a Service deleted and
+/// re-created in quick succession can look like a duplicate for a moment.
+pub const GRACE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// When each current finding was first seen.
+pub type Suspects = HashMap<(About, &'static str), Instant>;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum About {
     Service(Owner),
     IpAddress(IpAddr),
@@ -40,9 +47,30 @@ pub struct Finding {
     pub note: String,
 }
 
-/// Every finding in the index now. `suspects` remembers when an IPAddress was first seen
-/// without its Service; it is reported once that has lasted `LEAK_GRACE`.
-pub fn audit(idx: &Index, suspects: &mut HashMap<IpAddr, Instant>, now: Instant) -> Vec<Finding> {
+/// The findings in the index now that have lasted their grace period (`LEAK_GRACE` for leaked
+/// IPAddresses, `grace` for the rest); `suspects` remembers when each was first seen.
+pub fn audit(idx: &Index, suspects: &mut Suspects, now: Instant, grace: Duration) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut still = BTreeSet::new();
+    for f in raw_findings(idx) {
+        let key = (f.about.clone(), f.kind);
+        let first = *suspects.entry(key.clone()).or_insert(now);
+        still.insert(key);
+        let wait = if f.kind == "leaked_ip_address" {
+            LEAK_GRACE
+        } else {
+            grace
+        };
+        if now.duration_since(first) >= wait {
+            out.push(f);
+        }
+    }
+    suspects.retain(|k, _| still.contains(k));
+    out.sort();
+    out
+}
+
+fn raw_findings(idx: &Index) -> Vec<Finding> {
     let mut out = Vec::new();
     let (dup_ips, dup_ports) = idx.duplicates();
     for (ip, owners) in dup_ips {
@@ -101,25 +129,18 @@ pub fn audit(idx: &Index, suspects: &mut HashMap<IpAddr, Instant>, now: Instant)
             }
         }
     }
-    let mut still: BTreeSet<IpAddr> = BTreeSet::new();
     for (ip, holder) in idx.ip_objects() {
         if let Holder::Service(owner) = holder
             && !services.contains_key(owner)
         {
-            still.insert(*ip);
-            let first = *suspects.entry(*ip).or_insert(now);
-            if now.duration_since(first) >= LEAK_GRACE {
-                out.push(Finding {
-                    kind: "leaked_ip_address",
-                    reason: "IPAddressNotAllocated",
-                    about: About::IpAddress(*ip),
-                    note: format!("IPAddress {ip} for Service {owner} appears to have leaked (the API server's repair loop deletes it)"),
-                });
-            }
+            out.push(Finding {
+                kind: "leaked_ip_address",
+                reason: "IPAddressNotAllocated",
+                about: About::IpAddress(*ip),
+                note: format!("IPAddress {ip} for Service {owner} appears to have leaked (the API server's repair loop deletes it)"),
+            });
         }
     }
-    suspects.retain(|ip, _| still.contains(ip));
-    out.sort();
     out
 }
 
@@ -180,6 +201,7 @@ pub async fn run(
     a: Arc<Allocator>,
     events: Events,
     period: Duration,
+    grace: Duration,
     changed: Arc<Notify>,
     stop: impl Future<Output = ()>,
 ) {
@@ -206,7 +228,7 @@ pub async fn run(
         let findings = {
             let idx = lock(&a.index);
             gauges(&a, &idx);
-            audit(&idx, &mut suspects, Instant::now())
+            audit(&idx, &mut suspects, Instant::now(), grace)
         };
         let mut counts: BTreeMap<&str, i64> = FINDING_KINDS.iter().map(|k| (*k, 0)).collect();
         for f in &findings {
@@ -299,7 +321,11 @@ mod tests {
                 .map(|f| (f.kind, f.about.clone()))
                 .collect::<BTreeSet<_>>()
         };
-        let first = audit(&idx, &mut suspects, now);
+        assert!(
+            audit(&idx, &mut suspects, now, GRACE).is_empty(),
+            "nothing reported before its grace"
+        );
+        let first = audit(&idx, &mut suspects, now + GRACE, GRACE);
         let svc_about = |n: &str| About::Service(Owner::new("ns", n));
         assert_eq!(
             kinds(&first),
@@ -312,11 +338,20 @@ mod tests {
             ])
         );
         // The leak is reported once it outlived the grace period.
-        let later = audit(&idx, &mut suspects, now + LEAK_GRACE);
+        assert!(
+            !first.iter().any(|f| f.kind == "leaked_ip_address"),
+            "leaks wait longer"
+        );
+        let later = audit(&idx, &mut suspects, now + LEAK_GRACE, GRACE);
         assert!(later.iter().any(|f| f.kind == "leaked_ip_address"
             && f.about == About::IpAddress("10.96.0.9".parse().expect("ip"))));
         idx.apply_ip_address("10.96.0.9", None);
-        let _ = audit(&idx, &mut suspects, now + LEAK_GRACE);
-        assert!(suspects.is_empty());
+        let _ = audit(&idx, &mut suspects, now + LEAK_GRACE, GRACE);
+        assert!(
+            !suspects
+                .keys()
+                .any(|(a, _)| matches!(a, About::IpAddress(_))),
+            "a finding that went away is forgotten"
+        );
     }
 }

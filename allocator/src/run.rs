@@ -135,6 +135,9 @@ pub struct Args {
     /// How often the audit runs in full (it also runs shortly after changes).
     #[arg(long, env = "SVCPLANE_AUDIT_PERIOD", default_value = "3m", value_parser = svcplane_runtime::parse_duration)]
     pub audit_period: Duration,
+    /// How long a finding must last before the audit reports it (leaked IPAddresses: 60 s).
+    #[arg(long, env = "SVCPLANE_AUDIT_GRACE", default_value = "30s", value_parser = svcplane_runtime::parse_duration)]
+    pub audit_grace: Duration,
     /// After taking over, how long answers wait for allocations the API server made while no
     /// replica answered (see docs/allocator.md); 0 answers at once.
     #[arg(long, env = "SVCPLANE_TAKEOVER_SETTLE", default_value = "2s", value_parser = svcplane_runtime::parse_duration)]
@@ -277,6 +280,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         allocator.clone(),
         events.clone(),
         args.audit_period,
+        args.audit_grace,
         changed.clone(),
         stopped(stop_rx.clone()),
     )));

@@ -499,3 +499,89 @@ async fn policy_chooses_service_cidr_and_node_port_range() {
     .expect("other");
     assert!(ips(&other)[0].starts_with("10.96."), "{:?}", ips(&other));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reports_a_cluster_ip_left_outside_every_service_cidr() {
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    let cidrs: Api<ServiceCIDR> = Api::all(client.clone());
+    let extra: ServiceCIDR = serde_json::from_value(
+        json!({"metadata": {"name": "extra"}, "spec": {"cidrs": ["10.97.0.0/24"]}}),
+    )
+    .expect("cidr");
+    cidrs
+        .create(&PostParams::default(), &extra)
+        .await
+        .expect("ServiceCIDR");
+    let flags = [
+        "--audit-period=2s".to_owned(),
+        "--audit-grace=1s".to_owned(),
+    ];
+    let s = setup(env, &flags, "Fail").await;
+    let c = &s.client;
+    namespace(c, "aud", false).await;
+    create(
+        c,
+        &service(
+            "aud",
+            "web",
+            json!({"clusterIP": "10.97.0.5", "clusterIPs": ["10.97.0.5"], "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("web");
+    // Nothing to report while the range exists.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = s.allocator.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &body,
+            "svcplane_allocator_audit_findings",
+            &[("finding", "cluster_ip_out_of_range")]
+        ),
+        0.0
+    );
+    // Without kube-controller-manager no finalizer holds the ServiceCIDR: it goes at once and
+    // leaves the Service's ClusterIP outside every range.
+    cidrs
+        .delete("extra", &Default::default())
+        .await
+        .expect("delete ServiceCIDR");
+    eventually(Duration::from_secs(30), "finding counted", || async {
+        let body = s.allocator.metrics().await;
+        match metric_sum(
+            &body,
+            "svcplane_allocator_audit_findings",
+            &[("finding", "cluster_ip_out_of_range")],
+        ) {
+            1.0 => Ok(()),
+            n => Err(format!("{n}")),
+        }
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "aud");
+    eventually(
+        Duration::from_secs(30),
+        "Warning Event on the Service",
+        || async {
+            let list = events
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("ClusterIPOutOfRange")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+                    && e.note.as_deref().is_some_and(|n| n.contains("10.97.0.5"))
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    list.items.iter().map(|e| &e.reason).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+}
