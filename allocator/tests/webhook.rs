@@ -391,6 +391,16 @@ async fn sticky_allocation_survives_delete_and_restart() {
         "{body}"
     );
 
+    let other = create(
+        &c,
+        &service(
+            "st",
+            "other",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("other");
     // Delete, let the leader write its memory, restart the allocator: still sticky.
     delete(&c, "st", "web").await;
     eventually(Duration::from_secs(20), "sticky memory saved", || async {
@@ -422,6 +432,13 @@ async fn sticky_allocation_survives_delete_and_restart() {
     ));
     s.allocator.wait_ready().await;
     wait_webhook_used(&c, &s.allocator, "probe").await;
+    // The restarted allocator rebuilt what is taken from the API server: the node port of a
+    // Service made before the restart is refused with its owner named.
+    let msg = denied(create(&c, &service("st", "clash", json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": node_ports(&other)[0]}]}))).await);
+    assert!(
+        msg.contains("svcplane-allocator") && msg.contains("st/other"),
+        "{msg}"
+    );
     let third = create(&c, &service("st", "web", spec))
         .await
         .expect("web third");
