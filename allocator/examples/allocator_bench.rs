@@ -9,7 +9,7 @@
 //! Prints Markdown table rows for docs/benchmarks.md. Loopback only.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use k8s_openapi::api::networking::v1::IPAddress;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use svcplane_testenv::wait::free_port;
 use svcplane_testenv::{Options, TestEnv};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -28,12 +29,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 fn spec(i: usize) -> serde_json::Value {

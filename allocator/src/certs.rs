@@ -31,6 +31,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use svcplane_runtime::error_chain;
 use svcplane_runtime::tls::rustls::pki_types::{DnsName, InvalidDnsNameError};
 use svcplane_runtime::tls::{self, CertStore, verify_server_cert};
 use tokio::sync::watch;
@@ -918,18 +919,6 @@ fn describe(decision: Decision) -> &'static str {
         Decision::PruneRetired => "retired_ca_expired",
         Decision::Reissue(reason) | Decision::WaitForBundle(reason) => reason.as_str(),
     }
-}
-
-/// `error: cause: cause`, for one log field.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

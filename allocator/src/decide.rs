@@ -140,6 +140,16 @@ pub enum Decision {
     Deny(Denial),
 }
 
+/// What every step of one decision reads, and the draft it writes.
+struct Step<'s, 'a, R> {
+    idx: &'s Index,
+    req: &'s Request<'a>,
+    ctx: Context<'a>,
+    rng: &'s mut R,
+    now: Instant,
+    draft: &'s mut Draft,
+}
+
 /// What the request's picks look like while it is being decided: values chosen so far count
 /// as taken for the later picks of the same request.
 #[derive(Debug, Default)]
@@ -166,8 +176,17 @@ pub fn decide(
         req.old.and_then(|o| o.spec.as_ref())
     };
     let mut draft = Draft::default();
-    let result = cluster_ips(idx, &req, spec, old_spec, ctx, rng, now, &mut draft)
-        .and_then(|()| node_ports(idx, &req, spec, old_spec, ctx, rng, now, &mut draft));
+    let result = {
+        let mut step = Step {
+            idx: &*idx,
+            req: &req,
+            ctx,
+            rng,
+            now,
+            draft: &mut draft,
+        };
+        cluster_ips(&mut step, spec, old_spec).and_then(|()| node_ports(&mut step, spec, old_spec))
+    };
     if let Err(denial) = result {
         return Decision::Deny(denial);
     }
@@ -288,17 +307,13 @@ fn families(
     Some(fams)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cluster_ips(
-    idx: &Index,
-    req: &Request<'_>,
+fn cluster_ips<R: rand::Rng>(
+    step: &mut Step<'_, '_, R>,
     spec: &ServiceSpec,
     old: Option<&ServiceSpec>,
-    ctx: Context<'_>,
-    rng: &mut impl rand::Rng,
-    now: Instant,
-    draft: &mut Draft,
 ) -> Result<(), Denial> {
+    let (idx, req, ctx, now) = (step.idx, step.req, step.ctx, step.now);
+    let (rng, draft) = (&mut *step.rng, &mut *step.draft);
     if !needs_cluster_ip(spec) {
         return Ok(());
     }
@@ -543,17 +558,13 @@ fn port_value(p: Option<i32>) -> u16 {
     p.and_then(|p| u16::try_from(p).ok()).unwrap_or(0)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn node_ports(
-    idx: &Index,
-    req: &Request<'_>,
+fn node_ports<R: rand::Rng>(
+    step: &mut Step<'_, '_, R>,
     spec: &ServiceSpec,
     old: Option<&ServiceSpec>,
-    ctx: Context<'_>,
-    rng: &mut impl rand::Rng,
-    now: Instant,
-    draft: &mut Draft,
 ) -> Result<(), Denial> {
+    let (idx, req, ctx, now) = (step.idx, step.req, step.ctx, step.now);
+    let (rng, draft) = (&mut *step.rng, &mut *step.draft);
     if !node_port_type(spec) {
         return Ok(());
     }

@@ -4,10 +4,10 @@
 //! certificate a client holding the published bundle accepts; a replica that does not lead only
 //! reads, and starts writing once it leads.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use svcplane_testenv::wait::eventually;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -62,24 +62,6 @@ fn webhook(name: &str) -> MutatingWebhook {
             scope: None,
         }]),
         ..Default::default()
-    }
-}
-
-/// Polls `check` until it returns `Ok`, for at most `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {within:?}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
     }
 }
 

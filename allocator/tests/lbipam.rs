@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::events::v1::Event;
@@ -31,21 +31,12 @@ const WITHIN: Duration = Duration::from_secs(20);
 const CLASS: &str = "svcplane.dev/lbipam";
 
 /// Polls `check` until it returns `Ok`, for at most [`WITHIN`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {WITHIN:?}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    svcplane_testenv::wait::eventually(WITHIN, what, check).await
 }
 
 /// Installs the CRD exactly as shipped and waits until the API serves pools.

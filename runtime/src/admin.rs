@@ -150,7 +150,8 @@ fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Respo
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// A plain-text response (also the TLS listener's).
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -22,7 +22,7 @@ mod watch;
 
 pub use admin::{AdminArgs, AdminServer, Health};
 pub use client::{ClientArgs, RateLimit, RateLimitLayer, RequestTimeout, RequestTimeoutLayer};
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use events::Events;
 pub use informer::{Informer, WatchMetrics};
 pub use leader::LeaderArgs;

@@ -18,6 +18,7 @@ pub mod netns;
 mod process;
 pub mod relay;
 pub mod rng;
+pub mod wait;
 
 pub use binaries::{
     Binaries, ensure_binaries, ensure_binaries_with_controller_manager,
