@@ -327,9 +327,12 @@ fn cluster_ips<R: rand::Rng>(
         .unwrap_or_default();
     let mut ips = ips_of(spec);
     let mut write = false;
-    if ips.is_empty() && !old_ips.is_empty() {
-        // What the registry's patchAllocatedValues would do after us; done here so the copy
-        // is not mistaken for a request for fresh addresses.
+    let no_list = spec.cluster_ips.as_ref().is_none_or(|l| l.is_empty());
+    let single = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
+    if no_list && !old_ips.is_empty() && single.is_none_or(|ip| ip == old_ips[0]) {
+        // What the registry's patchAllocatedValues would do after us (an empty `clusterIPs`
+        // takes the stored list, whatever `clusterIP` says); done here so the copy is not
+        // mistaken for a request for fresh addresses.
         ips = old_ips.clone();
         write = true;
     }
@@ -339,7 +342,8 @@ fn cluster_ips<R: rand::Rng>(
     let prefer = |s: Option<&ServiceSpec>| {
         s.and_then(|s| s.ip_family_policy.as_deref()) == Some("PreferDualStack")
     };
-    if old.is_some() && prefer(Some(spec)) && prefer(old) && ips == old_ips {
+    let same_type = old.is_some_and(|o| service_type(o) == service_type(spec));
+    if same_type && prefer(Some(spec)) && prefer(old) && ips == old_ips {
         // Upstream does not upgrade an unchanged PreferDualStack Service when the cluster
         // becomes dual-stack.
         fams.truncate(ips.len());
@@ -569,6 +573,10 @@ fn node_ports<R: rand::Rng>(
         return Ok(());
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
+    let invalid = |p: Option<i32>| p.is_some_and(|p| u16::try_from(p).is_err());
+    if ports.iter().any(|p| invalid(p.node_port)) || invalid(spec.health_check_node_port) {
+        return Ok(()); // the API server's validation names it
+    }
     let owned: BTreeSet<u16> = req
         .old
         .filter(|_| !req.create)
@@ -580,6 +588,9 @@ fn node_ports<R: rand::Rng>(
     let mut values = explicit.clone();
     let mut write = vec![false; ports.len()];
     let needs = needs_node_ports(spec);
+    // Stored node ports are copied only when old and new both need them: a PUT that turns
+    // allocateLoadBalancerNodePorts off and leaves them out releases them, as upstream does
+    // (the differential test checks this against the API server).
     if let Some(old) = old.filter(|o| needs_node_ports(o) && needs) {
         let old_ports = old.ports.as_deref().unwrap_or_default();
         for i in 0..ports.len() {
@@ -609,6 +620,12 @@ fn node_ports<R: rand::Rng>(
         }
         check_port(idx, req.owner, v, &format!("spec.ports[{i}].nodePort"), now)?;
         draft.push_port(Kind::NodePort, v, How::Requested);
+    }
+    // What this Service holds or asks for is taken for its own dynamic picks too.
+    for v in values.iter().chain(owned.iter()).copied() {
+        if v != 0 && !draft.ports.contains(&v) {
+            draft.ports.push(v);
+        }
     }
     if needs {
         for i in 0..ports.len() {
@@ -741,6 +758,14 @@ fn pick_port(
         .and_then(|r| r.node_port_range)
         .unwrap_or(idx.node_ports);
     let free = |p: u16| !draft.ports.contains(&p) && !idx.port_taken(p, owner, now);
+    // A retried request gets back what an earlier try reserved.
+    if let Some(p) = idx
+        .reserved_ports_of(owner, now)
+        .into_iter()
+        .find(|p| sub.contains(*p) && !draft.ports.contains(p))
+    {
+        return Ok((p, How::Kept));
+    }
     if let Some(p) = sticky.filter(|p| sub.contains(*p) && free(*p)) {
         return Ok((p, How::Sticky));
     }

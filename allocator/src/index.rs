@@ -151,6 +151,10 @@ pub struct Index {
 /// Values held by more than one Service: (IP, holders) and (port, holders).
 pub type Duplicates = (Vec<(IpAddr, Vec<Owner>)>, Vec<(u16, Vec<Owner>)>);
 
+/// How long a node port a Service gave up stays held for it: the API server's registry frees
+/// it in its bitmap only after the store the watch reports.
+const RELEASE_HOLD: Duration = Duration::from_secs(3);
+
 /// The ServiceCIDR whose first CIDR decides the cluster's primary family (§3 of the upstream notes).
 pub const DEFAULT_SERVICE_CIDR: &str = "kubernetes";
 
@@ -241,11 +245,30 @@ impl Index {
             return old;
         }
         if let Some(old) = &old {
+            let now = Instant::now();
+            let kept = new.as_ref();
             for ip in &old.ips {
                 remove_owner(&mut self.service_ips, ip, owner);
+                // A reservation of the owner's (from a takeover's catch-up) ends with the value.
+                if !kept.is_some_and(|n| n.ips.contains(ip))
+                    && self.reserved_ips.get(ip).is_some_and(|r| r.owner.is(owner))
+                {
+                    self.reserved_ips.remove(ip);
+                }
             }
             for port in &old.ports {
                 remove_owner(&mut self.ports, port, owner);
+                // The registry clears its bitmap only after the store we just saw: hold a
+                // released node port for the owner a moment longer.
+                if !kept.is_some_and(|n| n.ports.contains(port)) {
+                    self.reserved_ports.insert(
+                        *port,
+                        Reservation {
+                            owner: owner.clone(),
+                            until: now + RELEASE_HOLD,
+                        },
+                    );
+                }
             }
         }
         if let Some(new) = &new {
@@ -287,6 +310,11 @@ impl Index {
         self.reserved_ports.retain(|_, r| r.until > now);
     }
 
+    /// What a Service held when last seen.
+    pub fn held(&self, owner: &Owner) -> Option<&Held> {
+        self.services.get(owner)
+    }
+
     pub fn reservations(&self) -> (usize, usize) {
         (self.reserved_ips.len(), self.reserved_ports.len())
     }
@@ -302,11 +330,11 @@ impl Index {
 
     /// Who other than `asking` holds `ip`, if anyone.
     pub fn ip_holder(&self, ip: IpAddr, asking: &Owner, now: Instant) -> Option<Holder> {
+        // Any IPAddress object makes the address taken, even one naming the asker: the
+        // registry's own request for it would fail with AlreadyExists. (On updates the
+        // Service's stored addresses are never checked again.)
         if let Some(h) = self.ip_objects.get(&ip) {
-            match h {
-                Holder::Service(o) if o.is(asking) => {}
-                other => return Some(other.clone()),
-            }
+            return Some(h.clone());
         }
         if let Some(o) = self
             .service_ips
@@ -352,9 +380,22 @@ impl Index {
     pub fn reserved_ip_of(&self, owner: &Owner, v6: bool, now: Instant) -> Option<IpAddr> {
         self.reserved_ips
             .iter()
-            .filter(|(ip, r)| ip.is_ipv6() == v6 && &r.owner == owner && r.until > now)
+            .filter(|(ip, r)| ip.is_ipv6() == v6 && r.owner.is(owner) && r.until > now)
             .map(|(ip, _)| *ip)
             .min()
+    }
+
+    /// The node ports reserved for `owner` and still pending, lowest first (a retried request
+    /// gets them back). None for `generateName` owners.
+    pub fn reserved_ports_of(&self, owner: &Owner, now: Instant) -> Vec<u16> {
+        let mut out: Vec<u16> = self
+            .reserved_ports
+            .iter()
+            .filter(|(_, r)| r.owner.is(owner) && r.until > now)
+            .map(|(p, _)| *p)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     // ---- writes ----

@@ -55,7 +55,7 @@ impl CidrRange {
             IpNet::V4(_) => ip_to_u128(cidr.broadcast()).checked_sub(1)?,
             IpNet::V6(_) => ip_to_u128(cidr.broadcast()),
         };
-        let first = network + 1;
+        let first = network.checked_add(1)?;
         if last < first {
             return None;
         }
@@ -200,15 +200,16 @@ impl std::str::FromStr for PortRange {
 }
 
 /// Scans `bands` in order for a value `taken` says is free: each band from a random start
-/// (`start_fraction` in [0, 1)) with wrap-around. Gives up after `budget` probes in total, so a
-/// huge, nearly full band cannot stall a request.
+/// (`start_fraction` in [0, 1)) with wrap-around. Gives up on a band after `budget` probes, so
+/// a huge, nearly full band cannot stall a request (and the next band is still tried).
 pub fn scan(
     bands: &[Span],
     start_fraction: f64,
-    mut budget: u64,
+    budget_per_band: u64,
     mut taken: impl FnMut(u128) -> bool,
 ) -> Option<u128> {
     for band in bands {
+        let mut budget = budget_per_band;
         let (lo, hi) = (*band.start(), *band.end());
         let len = hi - lo; // inclusive length minus one
         // A float is fine here: the start only has to be spread, not exact.
@@ -217,7 +218,7 @@ pub fn scan(
         let mut n = start;
         loop {
             if budget == 0 {
-                return None;
+                break;
             }
             budget -= 1;
             if !taken(n) {

@@ -142,8 +142,9 @@ pub struct Args {
     /// replica answered (see docs/allocator.md); 0 answers at once.
     #[arg(long, env = "SVCPLANE_TAKEOVER_SETTLE", default_value = "2s", value_parser = svcplane_runtime::parse_duration)]
     pub takeover_settle: Duration,
-    /// Assign LoadBalancer IPs from LoadBalancerIPPools.
-    #[arg(long, env = "SVCPLANE_LOAD_BALANCER_IPAM", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Assign LoadBalancer IPs from LoadBalancerIPPools (needs the CRD). Off by default: on a
+    /// cluster with a cloud load-balancer controller the two would fight over the status.
+    #[arg(long, env = "SVCPLANE_LOAD_BALANCER_IPAM", default_value_t = false, action = clap::ArgAction::Set)]
     pub load_balancer_ipam: bool,
     /// LoadBalancer Services with this loadBalancerClass are ours too (unset class always is).
     #[arg(long, env = "SVCPLANE_LOAD_BALANCER_CLASS")]
@@ -333,7 +334,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
     let handler: svcplane_runtime::tls::Handler = {
         let allocator = allocator.clone();
-        let most = args.takeover_settle + Duration::from_secs(3);
+        // Below the webhook's timeoutSeconds (5 s in deploy/), so held requests are answered.
+        let most = args.takeover_settle + Duration::from_secs(1);
         Arc::new(move |req: http::Request<Bytes>| {
             let allocator = allocator.clone();
             let mut settled = settled_rx.clone();
@@ -584,44 +586,14 @@ async fn lead(
     loop {
         let lead = *leading.borrow_and_update();
         if lead {
+            // Every wait of the takeover also watches the lease: a replica that loses it midway
+            // stops at once instead of answering as a leader it no longer is.
+            let takeover = take_over(&client, &a, &synced, &health, &settle);
             tokio::select! {
                 _ = &mut stop => break,
-                _ = synced.wait_all() => {}
+                () = takeover => {}
+                () = lease_changed(&mut leading) => continue,
             }
-            loop {
-                match catch_up(&client, &a).await {
-                    Ok(n) => {
-                        tracing::info!(values = n, "leading: reserved everything stored; ready");
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "leading: could not read Services and IPAddresses; retrying");
-                        tokio::select! {
-                            _ = &mut stop => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-            a.set_synced(true);
-            a.set_leading(*leading.borrow());
-            health.set_ready(*leading.borrow());
-            if !settle.period.is_zero() {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(settle.period) => {}
-                }
-                match catch_up(&client, &a).await {
-                    Ok(n) => tracing::info!(
-                        values = n,
-                        "settled after taking over; answering the webhook"
-                    ),
-                    Err(error) => {
-                        tracing::warn!(%error, "second read after taking over failed; answering anyway")
-                    }
-                }
-            }
-            settle.done.send_replace(true);
         } else {
             settle.done.send_replace(false);
             a.set_leading(false);
@@ -629,15 +601,58 @@ async fn lead(
         }
         tokio::select! {
             _ = &mut stop => break,
-            changed = leading.changed() => if changed.is_err() {
-                // No election: leading stays as it is.
-                (&mut stop).await;
-                break;
-            },
+            () = lease_changed(&mut leading) => {}
         }
     }
     a.set_leading(false);
     health.set_ready(false);
+}
+
+/// Resolves when leadership changes; never when there is no election (the sender is gone).
+async fn lease_changed(leading: &mut watch::Receiver<bool>) {
+    if leading.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Becoming the answering leader: synced watches, a quorum catch-up, ready, the settle period,
+/// a second catch-up, then answers.
+async fn take_over(
+    client: &Client,
+    a: &Allocator,
+    synced: &SyncFlags,
+    health: &Health,
+    settle: &Settle,
+) {
+    synced.wait_all().await;
+    loop {
+        match catch_up(client, a).await {
+            Ok(n) => {
+                tracing::info!(values = n, "leading: reserved everything stored; ready");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "leading: could not read Services and IPAddresses; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    a.set_synced(true);
+    a.set_leading(true);
+    health.set_ready(true);
+    if !settle.period.is_zero() {
+        tokio::time::sleep(settle.period).await;
+        match catch_up(client, a).await {
+            Ok(n) => tracing::info!(
+                values = n,
+                "settled after taking over; answering the webhook"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "second read after taking over failed; answering anyway")
+            }
+        }
+    }
+    settle.done.send_replace(true);
 }
 
 async fn catch_up(client: &Client, a: &Allocator) -> kube::Result<usize> {
@@ -652,6 +667,9 @@ async fn catch_up(client: &Client, a: &Allocator) -> kube::Result<usize> {
     for s in &svc_list.items {
         let Some(owner) = Owner::of(s) else { continue };
         let held = crate::index::Held::of(s);
+        if idx.held(&owner) == Some(&held) {
+            continue; // the watch has it: reserving would only outlive a later release
+        }
         for ip in held.ips {
             idx.reserve_ip(ip, &owner, now);
             n += 1;

@@ -68,6 +68,9 @@ impl Remembered {
     }
 }
 
+/// Largest document written (a ConfigMap holds at most 1 MiB in all).
+pub const MAX_DOCUMENT: usize = 900 * 1024;
+
 #[derive(Debug)]
 pub struct Sticky {
     entries: HashMap<Owner, Remembered>,
@@ -144,14 +147,36 @@ impl Sticky {
         self.entries.is_empty()
     }
 
-    /// The document to persist, if anything changed since the last call.
+    /// The document to persist, if anything changed since the last call. It never exceeds
+    /// [`MAX_DOCUMENT`]: the oldest entries are forgotten until it fits.
     pub fn take_dirty(&mut self) -> Option<String> {
         if !std::mem::take(&mut self.dirty) {
             return None;
         }
-        let mut all: Vec<&Remembered> = self.entries.values().collect();
-        all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        serde_json::to_string(&all).ok()
+        loop {
+            let mut all: Vec<&Remembered> = self.entries.values().collect();
+            all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            let doc = serde_json::to_string(&all).ok()?;
+            if doc.len() <= MAX_DOCUMENT || self.entries.is_empty() {
+                return Some(doc);
+            }
+            // Drop the oldest tenth (at least one) and try again.
+            let mut by_age: Vec<(u64, Owner)> = self
+                .entries
+                .iter()
+                .map(|(o, r)| (r.deleted_at, o.clone()))
+                .collect();
+            by_age.sort();
+            let drop = (by_age.len() / 10).max(1);
+            tracing::warn!(
+                entries = self.entries.len(),
+                dropped = drop,
+                "the sticky memory outgrew its ConfigMap; forgetting the oldest"
+            );
+            for (_, o) in by_age.into_iter().take(drop) {
+                self.entries.remove(&o);
+            }
+        }
     }
 
     /// Loads a persisted document; entries already known win. Returns how many were read.
@@ -216,6 +241,25 @@ mod tests {
         assert_eq!(t.load(&doc).expect("valid"), 1);
         assert_eq!(t.get(&Owner::new("ns", "a"), 20), Some(&entry("a", 10)));
         assert!(t.load("{not json").is_err());
+    }
+
+    #[test]
+    fn the_document_fits_a_config_map() {
+        let mut s = Sticky::new(Duration::from_secs(100), 100_000);
+        for i in 0..20_000u64 {
+            s.remember(entry(&format!("service-with-a-longish-name-{i}"), i));
+        }
+        let doc = s.take_dirty().expect("dirty");
+        assert!(doc.len() <= MAX_DOCUMENT, "{}", doc.len());
+        assert!(s.len() < 20_000 && s.len() > 1000, "{}", s.len());
+        assert!(
+            s.get(
+                &Owner::new("ns", "service-with-a-longish-name-19999"),
+                19_999
+            )
+            .is_some(),
+            "the newest kept"
+        );
     }
 
     #[test]

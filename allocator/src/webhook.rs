@@ -198,12 +198,11 @@ impl Allocator {
                     .with_label_values(&[denial.reason.as_str()])
                     .inc();
                 tracing::info!(service = %owner, reason = denial.reason.as_str(), message = %denial.message, "denied");
-                self.respond(
-                    &req,
-                    op,
-                    "denied",
-                    resp.deny(format!("svcplane-allocator: {}", denial.message)),
-                )
+                let mut resp = resp.deny(format!("svcplane-allocator: {}", denial.message));
+                // 422 Invalid, as the registry's own refusals of the same requests.
+                resp.result.code = 422;
+                resp.result.reason = "Invalid".to_owned();
+                self.respond(&req, op, "denied", resp)
             }
             Decision::Patch { ops, picks } => {
                 if !req.dry_run {

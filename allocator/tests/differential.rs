@@ -173,12 +173,20 @@ fn specs(n: u16) -> Vec<(&'static str, Value)> {
 
 async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)> {
     let mut out = Vec::new();
-    let mut record =
-        |step: &str, r: &Result<Service, kube::Error>| out.push((step.to_owned(), shape(r, cidrs)));
+    let mut record = |step: &str, sh: Shape| out.push((step.to_owned(), sh));
+    // A yes/no fact about a step, compared like a shape.
+    let flag = |yes: bool| Shape {
+        ok: yes,
+        cluster_ips: vec![],
+        families: vec![],
+        policy: None,
+        node_ports: vec![],
+        health_check: false,
+    };
     let pp = PatchParams::default();
     // ClusterIP -> NodePort (upstream shares nothing on update) -> ClusterIP.
     let r = api.patch("plain", &pp, &Patch::Merge(json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "name": "u"}]}}))).await;
-    record("plain to NodePort", &r);
+    record("plain to NodePort", shape(&r, cidrs));
     let r = api
         .patch(
             "dns-cip",
@@ -186,9 +194,9 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
             &Patch::Merge(json!({"spec": {"type": "NodePort"}})),
         )
         .await;
-    record("dns-cip to NodePort", &r);
+    record("dns-cip to NodePort", shape(&r, cidrs));
     let r = api.patch("dns", &pp, &Patch::Merge(json!({"spec": {"type": "ClusterIP", "ports": [{"name": "u", "port": 53, "protocol": "UDP", "nodePort": null}, {"name": "t", "port": 53, "protocol": "TCP", "nodePort": null}, {"name": "m", "port": 9153, "nodePort": null}]}}))).await;
-    record("dns to ClusterIP", &r);
+    record("dns to ClusterIP", shape(&r, cidrs));
     // LoadBalancer Cluster -> Local adds the health check port; PUT of a bare manifest keeps all.
     let r = api
         .patch(
@@ -197,14 +205,35 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
             &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})),
         )
         .await;
-    record("lb to Local", &r);
+    record("lb to Local", shape(&r, cidrs));
     if let Ok(current) = &r {
         let mut bare: Service = serde_json::from_value(json!({"metadata": {"name": "lb", "namespace": current.metadata.namespace}, "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}})).expect("svc");
         bare.metadata.resource_version = current.metadata.resource_version.clone();
         let put = api.replace("lb", &PostParams::default(), &bare).await;
         let same = matches!(&put, Ok(p) if p.spec.as_ref().map(|s| (&s.cluster_ips, s.ports.as_ref().map(|p| p[0].node_port), s.health_check_node_port))
             == current.spec.as_ref().map(|s| (&s.cluster_ips, s.ports.as_ref().map(|p| p[0].node_port), s.health_check_node_port)));
-        record(&format!("lb bare PUT keeps values: {same}"), &put);
+        record("lb bare PUT", shape(&put, cidrs));
+        record("lb bare PUT keeps every value", flag(same));
+    }
+    // LoadBalancer node ports turned off by a PUT that leaves them out: released.
+    if let Ok(current) = api.get("lb-local").await {
+        let mut bare: Service = serde_json::from_value(json!({"metadata": {"name": "lb-local", "namespace": current.metadata.namespace},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}})).expect("svc");
+        bare.metadata.resource_version = current.metadata.resource_version.clone();
+        let put = api.replace("lb-local", &PostParams::default(), &bare).await;
+        record(
+            "lb-local PUT without node ports, allocation off",
+            shape(&put, cidrs),
+        );
+    }
+    // Dual-stack PUT naming only clusterIP keeps both families.
+    if let Ok(current) = api.get("prefer").await {
+        let first = current.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        let mut bare: Service = serde_json::from_value(json!({"metadata": {"name": "prefer", "namespace": current.metadata.namespace},
+            "spec": {"ipFamilyPolicy": "PreferDualStack", "clusterIP": first, "ports": [{"port": 80}]}})).expect("svc");
+        bare.metadata.resource_version = current.metadata.resource_version.clone();
+        let put = api.replace("prefer", &PostParams::default(), &bare).await;
+        record("prefer PUT with clusterIP only", shape(&put, cidrs));
     }
     // Single to dual and back.
     let r = api
@@ -214,7 +243,7 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
             &Patch::Merge(json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}})),
         )
         .await;
-    record("v6-only to PreferDualStack", &r);
+    record("v6-only to PreferDualStack", shape(&r, cidrs));
     if let Ok(s) = &r {
         let first = s
             .spec
@@ -225,7 +254,7 @@ async fn run_changes(api: &Api<Service>, cidrs: &[IpNet]) -> Vec<(String, Shape)
             .take(1)
             .collect::<Vec<_>>();
         let r = api.patch("v6-only", &pp, &Patch::Merge(json!({"spec": {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"], "clusterIPs": first}}))).await;
-        record("back to SingleStack", &r);
+        record("back to SingleStack", shape(&r, cidrs));
     }
     out
 }

@@ -53,6 +53,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a client has to send a request's headers once the connection is up or idle.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at accept, so slow or hostile clients cannot
+/// hold more than this many bodies (each at most the body cap) in memory.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// What went wrong loading certificates, binding the listener or verifying a chain.
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +342,7 @@ impl TlsServer {
     pub async fn serve(self, handler: Handler, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let max_body = self.max_body;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => return,
@@ -350,9 +356,15 @@ impl TlsServer {
                     }
                 },
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing one");
+                drop(stream);
+                continue;
+            };
             let acceptor = TlsAcceptor::from(self.config.clone());
             let handler = handler.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let tls =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => tls,
@@ -393,7 +405,11 @@ async fn respond(
         return too_large();
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, max_body).collect().await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, max_body).collect());
+    let Ok(collected) = read.await else {
+        return text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n");
+    };
+    match collected {
         Ok(body) => handler(Request::from_parts(parts, body.to_bytes())).await,
         Err(error) if error.is::<LengthLimitError>() => too_large(),
         Err(error) => {

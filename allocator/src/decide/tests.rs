@@ -609,3 +609,121 @@ fn policy_steers_dynamic_picks() {
         denial(&d).message
     );
 }
+
+#[test]
+fn put_with_only_cluster_ip_keeps_both_families() {
+    let mut idx = index(&["10.96.0.0/16", "fd00::/112"], "30000-32767");
+    let s = svc(
+        "a",
+        json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
+    );
+    let stored = apply(&s, &create(&mut idx, &s));
+    assert_eq!(ips(&stored).len(), 2);
+    idx.apply_service(&Owner::new("ns", "a"), Some(&stored));
+    let put = svc(
+        "a",
+        json!({"ipFamilyPolicy": "PreferDualStack", "clusterIP": ips(&stored)[0], "ports": [{"port": 80}]}),
+    );
+    let got = apply(&put, &update(&mut idx, &stored, &put));
+    assert_eq!(ips(&got), ips(&stored));
+}
+
+#[test]
+fn dynamic_picks_on_update_avoid_the_services_own_ports() {
+    // Four ports in all: the Service holds two, so its health check port must be one of the
+    // other two, whatever the random start.
+    for seed in 0..20 {
+        let mut idx = index(&["10.96.0.0/16"], "30000-30003");
+        let s = svc(
+            "a",
+            json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}),
+        );
+        let stored = apply(&s, &create(&mut idx, &s));
+        idx.apply_service(&Owner::new("ns", "a"), Some(&stored));
+        let mut lb = serde_json::to_value(&stored).expect("json");
+        lb["spec"]["type"] = json!("LoadBalancer");
+        lb["spec"]["externalTrafficPolicy"] = json!("Local");
+        let lb: Service = serde_json::from_value(lb).expect("svc");
+        let owner = Owner::new("ns", "a");
+        let req = Request {
+            create: false,
+            service: &lb,
+            old: Some(&stored),
+            owner: &owner,
+            dry_run: false,
+        };
+        let d = decide(
+            &mut idx,
+            req,
+            Context::default(),
+            &mut rand::rngs::StdRng::seed_from_u64(seed),
+            Instant::now(),
+        );
+        let hc = health_check_port(&apply(&lb, &d));
+        assert!(
+            !node_ports(&stored).contains(&hc),
+            "seed {seed}: {hc} is one of {:?}",
+            node_ports(&stored)
+        );
+    }
+}
+
+fn health_check_port(s: &Service) -> i32 {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.health_check_node_port)
+        .unwrap_or(0)
+}
+
+#[test]
+fn invalid_node_ports_pass_through_for_the_api_server_to_refuse() {
+    let mut idx = index(&["10.96.0.0/16"], "30000-32767");
+    for spec in [
+        json!({"type": "NodePort", "clusterIP": "10.96.9.1", "clusterIPs": ["10.96.9.1"], "ports": [{"port": 80, "nodePort": 70000}]}),
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.9.2", "clusterIPs": ["10.96.9.2"], "externalTrafficPolicy": "Local", "healthCheckNodePort": -1, "ports": [{"port": 80}]}),
+    ] {
+        assert_eq!(
+            create(&mut idx, &svc("x", spec.clone())),
+            Decision::Unchanged,
+            "{spec}"
+        );
+    }
+}
+
+#[test]
+fn retried_requests_get_their_node_ports_back() {
+    let mut idx = index(&["10.96.0.0/16"], "30000-32767");
+    let s = svc(
+        "a",
+        json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}),
+    );
+    let first = node_ports(&apply(&s, &create(&mut idx, &s)));
+    let mut again = node_ports(&apply(&s, &create(&mut idx, &s)));
+    let mut first_sorted = first.clone();
+    first_sorted.sort_unstable();
+    again.sort_unstable();
+    assert_eq!(again, first_sorted, "no new reservation per retry");
+}
+
+#[test]
+fn released_node_ports_are_held_briefly_for_their_owner() {
+    let mut idx = index(&["10.96.0.0/16"], "30000-32767");
+    let s = svc(
+        "a",
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30500}]}),
+    );
+    let stored = apply(&s, &create(&mut idx, &s));
+    let owner = Owner::new("ns", "a");
+    idx.apply_service(&owner, Some(&stored));
+    idx.apply_service(&owner, None);
+    let now = Instant::now();
+    assert!(
+        idx.port_taken(30500, &Owner::new("ns", "b"), now),
+        "held for the registry to catch up"
+    );
+    assert!(
+        !idx.port_taken(30500, &owner, now),
+        "but not from its owner"
+    );
+    assert!(!idx.port_taken(30500, &Owner::new("ns", "b"), now + Duration::from_secs(4)));
+}

@@ -60,7 +60,13 @@ fn ip_bands_follow_kep_3070() {
 
 #[test]
 fn unusable_cidrs() {
-    for cidr in ["10.0.0.0/31", "10.0.0.1/32", "fd00::1/128", "fd00::/48"] {
+    for cidr in [
+        "10.0.0.0/31",
+        "10.0.0.1/32",
+        "fd00::1/128",
+        "fd00::/48",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+    ] {
         assert!(
             CidrRange::new(cidr.parse().expect("cidr")).is_none(),
             "{cidr}"
@@ -115,8 +121,9 @@ fn scan_prefers_the_first_band_and_wraps() {
     assert_eq!(scan(&bands, 0.0, 100, |n| n >= 10), Some(0));
     // All full.
     assert_eq!(scan(&bands, 0.3, 100, |_| true), None);
-    // Budget bounds the probes.
-    assert_eq!(scan(&bands, 0.0, 5, |n| n < 15), None);
+    // The budget bounds the probes per band: the upper band gives up, the lower one is tried.
+    assert_eq!(scan(&bands, 0.0, 5, |n| n >= 5), Some(0));
+    assert_eq!(scan(&bands, 0.0, 5, |n| n != 16 && n != 9), None);
     // Start fraction near 1 stays in range.
     assert_eq!(scan(&[5..=5], 0.999, 10, |_| false), Some(5));
 }

@@ -103,6 +103,7 @@ fn denial_carries_the_reason() {
     let body = serde_json::to_vec(&review("CREATE", s, None)).expect("json");
     let r = response(&a.review(&body));
     assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 422);
     let msg = r["status"]["message"].as_str().expect("message");
     assert!(
         msg.contains("20000 is not in the valid range") && msg.contains("30000-32767"),

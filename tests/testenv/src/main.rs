@@ -42,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
             ..Options::default()
         }
     };
+    // Handlers first: whoever reads the lines below may signal at once.
+    let stop = svcplane_runtime::shutdown_signal();
     let started = Instant::now();
     let env = TestEnv::start_with(options)
         .await
@@ -57,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         "# export KUBECONFIG={}   (Ctrl-C stops the control plane)",
         env.kubeconfig_path().display()
     );
-    svcplane_runtime::shutdown_signal().await;
+    stop.await;
     drop(env);
     eprintln!("svcplane-testenv: stopped");
     Ok(())
