@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{dig_async, test_metrics};
+use common::{dig_async, free_dns_port, test_metrics};
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -261,9 +261,8 @@ async fn a_dead_upstream_is_servfail_not_a_hang() {
 async fn two_servers_forwarding_to_each_other_detect_the_loop() {
     // B forwards to A, A to B. Addresses are needed before the forwarders exist, so B is a
     // thin relay built on a forwarder whose upstream is filled in below.
-    let a_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let a_addr = a_sock.local_addr().expect("addr");
-    drop(a_sock);
+    // A serves UDP and TCP: its port must be free for both.
+    let a_addr = free_dns_port();
     let b_fwd = Arc::new(Forwarder::new(
         vec![a_addr],
         &[],
