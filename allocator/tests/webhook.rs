@@ -603,3 +603,54 @@ async fn audit_reports_a_cluster_ip_left_outside_every_service_cidr() {
     )
     .await;
 }
+
+/// `svcplane_runtime::Events` against the real API: a repeated message joins its series, a new
+/// message for the same object and reason is a new Event (kube's recorder alone would fold it
+/// into the first one and lose it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_keep_every_distinct_message() {
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    namespace(&client, "ev", false).await;
+    let events = svcplane_runtime::Events::new(client.clone(), "svcplane-test", "test-0".into());
+    let about = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some("ev".into()),
+        name: Some("web".into()),
+        ..Default::default()
+    };
+    events
+        .warn(&about, "AllocationFailed", "pool a is full".into())
+        .await;
+    events
+        .warn(&about, "AllocationFailed", "pool a is full".into())
+        .await;
+    events
+        .warn(
+            &about,
+            "AllocationFailed",
+            "requested IP 192.0.2.7 is in no pool".into(),
+        )
+        .await;
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "ev");
+    let list = api.list(&Default::default()).await.expect("events");
+    let mut seen: Vec<(String, i32)> = list
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.note.clone().unwrap_or_default(),
+                e.series.as_ref().map_or(1, |s| s.count),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("pool a is full".to_owned(), 2),
+            ("requested IP 192.0.2.7 is in no pool".to_owned(), 1)
+        ]
+    );
+}

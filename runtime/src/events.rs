@@ -5,6 +5,7 @@
 //! fails a sync: an Event that cannot be written is logged at debug and dropped, as client-go's
 //! broadcaster drops them.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -20,8 +21,57 @@ pub struct Events {
 
 #[derive(Clone)]
 enum Sink {
-    Api(Recorder),
+    Api(Arc<ApiSink>),
     Fake(FakeEvents),
+}
+
+/// kube's `Recorder` folds every Event with the same object, type and reason into one series for
+/// six minutes and keeps the *first* note, so a second, different message would be lost. As
+/// client-go's correlator does, a repeat of the same message joins its series and a new message
+/// starts a new Event: each (object, type, reason) remembers its last note and the recorder that
+/// published it, and a changed note gets a fresh recorder.
+struct ApiSink {
+    client: Client,
+    reporter: Reporter,
+    last: Mutex<HashMap<SeriesKey, (String, Recorder)>>,
+}
+
+/// Which series an Event belongs to (the object by kind, namespace, name and uid).
+type SeriesKey = (String, String, String, String, bool, String);
+
+/// Series remembered at most; beyond it the memory starts afresh (a few repeats then start new
+/// Events instead of joining their series, which is harmless).
+const MAX_SERIES: usize = 10_000;
+
+impl ApiSink {
+    fn recorder_for(
+        &self,
+        about: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) -> Recorder {
+        let key = (
+            about.kind.clone().unwrap_or_default(),
+            about.namespace.clone().unwrap_or_default(),
+            about.name.clone().unwrap_or_default(),
+            about.uid.clone().unwrap_or_default(),
+            warning,
+            reason.to_owned(),
+        );
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, recorder)) = last.get(&key)
+            && seen == note
+        {
+            return recorder.clone();
+        }
+        if last.len() >= MAX_SERIES {
+            last.clear();
+        }
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        last.insert(key, (note.to_owned(), recorder.clone()));
+        recorder
+    }
 }
 
 impl std::fmt::Debug for Events {
@@ -59,7 +109,11 @@ impl Events {
             instance: Some(instance),
         };
         Self {
-            sink: Sink::Api(Recorder::new(client, reporter)),
+            sink: Sink::Api(Arc::new(ApiSink {
+                client,
+                reporter,
+                last: Mutex::new(HashMap::new()),
+            })),
         }
     }
 
@@ -84,7 +138,8 @@ impl Events {
 
     async fn publish(&self, about: &ObjectReference, type_: EventType, reason: &str, note: String) {
         match &self.sink {
-            Sink::Api(recorder) => {
+            Sink::Api(sink) => {
+                let recorder = sink.recorder_for(about, type_ == EventType::Warning, reason, &note);
                 let event = Event {
                     type_,
                     reason: reason.into(),
