@@ -136,14 +136,42 @@ fn wire_all(records: &[Record]) -> Vec<WireRecord> {
     records.iter().filter_map(wire).collect()
 }
 
+/// Whether the wire form of a question section uses a compression pointer (or a reserved
+/// label type) in a name.
+fn question_has_pointer(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        // One name: labels up to the root.
+        loop {
+            let Some(&len) = raw.get(i) else {
+                return false;
+            };
+            if len & 0xC0 != 0 {
+                return true;
+            }
+            i += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        i += 4; // type and class
+    }
+    false
+}
+
 /// What the server reports when a response could not be sent.
 fn failed(request: &Request) -> ResponseInfo {
+    not_sent(request, ResponseCode::ServFail)
+}
+
+/// What the server reports, with `code`, for a request it sent nothing for.
+fn not_sent(request: &Request, code: ResponseCode) -> ResponseInfo {
     let mut metadata = Metadata::new(
         request.metadata.id,
         MessageType::Response,
         request.metadata.op_code,
     );
-    metadata.response_code = ResponseCode::ServFail;
+    metadata.response_code = code;
     ResponseInfo::from(Header {
         metadata,
         counts: HeaderCounts::default(),
@@ -244,6 +272,17 @@ impl Handler {
         request: &Request,
         handle: R,
     ) -> (ResponseInfo, Option<QType>) {
+        if question_has_pointer(request.queries.as_bytes()) {
+            // Nothing precedes the question but the header, so a compressed question name can
+            // only point into it: malformed. hickory-server would echo the question bytes as
+            // they came, and the pointer would then land in *our* header, making the reply
+            // undecodable (found by cargo-fuzz). Dropped, as an unparseable datagram is.
+            tracing::debug!(
+                id = request.metadata.id,
+                "dropping a query whose question name is compressed"
+            );
+            return (not_sent(request, ResponseCode::FormErr), None);
+        }
         let response_edns = request.edns.as_ref().map(|req| {
             let mut edns = Edns::new();
             edns.set_max_payload(req.max_payload().max(512));

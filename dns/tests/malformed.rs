@@ -113,3 +113,21 @@ async fn mangled_queries_get_well_formed_answers_or_none() {
     let msg = Message::from_vec(&ok).expect("decode");
     assert_eq!(msg.answers.len(), 1);
 }
+
+/// A query cargo-fuzz found (2026-11-27): its question name holds a label of binary bytes, and
+/// the answer must still be a well-formed message.
+#[tokio::test]
+async fn fuzz_found_binary_label_query() {
+    let packet: Vec<u8> = vec![
+        1, 0, 0, 101, 0, 1, 0, 0, 0, 0, 0, 0, 54, 0, 1, 5, 1, 24, 24, 24, 61, 24, 24, 24, 136, 24,
+        24, 24, 24, 41, 24, 24, 24, 0, 0, 6, 0, 24, 0, 24, 24, 24, 24, 24, 24, 8, 24, 10, 1, 64, 0,
+        156, 10, 232, 92, 51, 255, 255, 255, 255, 54, 54, 46, 0, 1, 33, 95, 192, 0, 0, 0, 0, 56,
+        10,
+    ];
+    let src = "127.0.0.1:5353".parse().expect("addr");
+    if let Some(response) = handler().respond_to_bytes(&packet, src).await {
+        let msg = Message::from_vec(&response);
+        assert!(msg.is_ok(), "{msg:?}: response {response:?}");
+        assert_eq!(&response[..2], &packet[..2]);
+    }
+}
