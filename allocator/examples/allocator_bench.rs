@@ -159,22 +159,11 @@ async fn main() -> anyhow::Result<()> {
     // Serving certificate for 127.0.0.1 from a throwaway CA.
     let dir = tempfile::tempdir()?;
     let (ca_pem, cert_path, key_path) = {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let ca = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse()?));
-        let cert = params.signed_by(&key, &ca)?;
+        let tls = svcplane_testenv::LoopbackTls::generate()?;
         let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&c, cert.pem())?;
-        std::fs::write(&k, key.serialize_pem())?;
-        (ca_cert.pem(), c, k)
+        std::fs::write(&c, &tls.cert_pem)?;
+        std::fs::write(&k, &tls.key_pem)?;
+        (tls.ca_pem, c, k)
     };
     let webhook = free_port();
     let admin = free_port();

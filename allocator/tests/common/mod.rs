@@ -43,28 +43,17 @@ pub struct Certs {
 
 impl Certs {
     pub fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-        let ca = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        let cert = params.signed_by(&key, &ca).expect("cert");
+        let tls = svcplane_testenv::LoopbackTls::generate().expect("test certificates");
         let dir = tempfile::tempdir().expect("tempdir");
-        let cert_path = dir.path().join("tls.crt");
-        let key_path = dir.path().join("tls.key");
-        std::fs::write(&cert_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&cert, &tls.cert_pem).expect("write cert");
+        std::fs::write(&key, &tls.key_pem).expect("write key");
         Self {
             dir,
-            ca_pem: ca_cert.pem(),
-            cert: cert_path,
-            key: key_path,
+            ca_pem: tls.ca_pem,
+            cert,
+            key,
         }
     }
 }

@@ -24,5 +24,6 @@ pub use binaries::{
     Binaries, ensure_binaries, ensure_binaries_with_controller_manager,
     ensure_binaries_with_kube_proxy, ensure_coredns,
 };
+pub use certs::LoopbackTls;
 pub use env::{ControllerManager, Options, TestEnv};
 pub use error::{Error, Result};
