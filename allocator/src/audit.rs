@@ -262,8 +262,8 @@ fn reference(about: &About) -> ObjectReference {
         About::Service(o) => ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Service".into()),
-            namespace: Some(o.namespace.clone()),
-            name: Some(o.name.clone()),
+            namespace: Some(o.namespace.to_string()),
+            name: Some(o.name.to_string()),
             ..Default::default()
         },
         About::IpAddress(ip) => ObjectReference {

@@ -15,7 +15,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use serde_json::{Value, json};
 
-use crate::index::{Index, Owner};
+use crate::index::{Index, Owner, Owns};
 use crate::policy::Rule;
 use crate::ranges::{CidrRange, PortRange, Span, scan, u128_to_ip};
 use crate::sticky::Remembered;

@@ -18,47 +18,40 @@ use k8s_openapi::api::networking::v1::{IPAddress, ServiceCIDR};
 
 use crate::ranges::{CidrRange, PortRange, ip_to_u128};
 
-/// Who holds a value: a Service's `namespace/name`. Requests with `generateName` and no name
-/// yet are owned by `namespace/prefix*`, which matches no stored Service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Owner {
-    pub namespace: String,
-    pub name: String,
+/// Who holds a value: a Service's key, the model's [`ObjectKey`]. Requests with `generateName`
+/// and no name yet are owned by `namespace/prefix*` ([`generated_owner`]), which matches no
+/// stored Service.
+pub use svcplane_model::ObjectKey as Owner;
+
+/// A `generateName` request's owner (`prefix*`): it owns nothing, not even what another
+/// request with the same prefix reserved.
+pub fn generated_owner(namespace: &str, prefix: &str) -> Owner {
+    Owner::new(namespace, format!("{prefix}*"))
 }
 
-impl Owner {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
+/// The owner of a stored Service (`None` without a namespace or name).
+pub fn owner_of(svc: &Service) -> Option<Owner> {
+    Some(Owner::new(
+        svc.metadata.namespace.as_deref()?,
+        svc.metadata.name.as_deref()?,
+    ))
+}
 
-    /// A `generateName` request's owner (`prefix*`): it owns nothing, not even what another
-    /// request with the same prefix reserved.
-    pub fn generated(namespace: impl Into<String>, prefix: &str) -> Self {
-        Self::new(namespace, format!("{prefix}*"))
-    }
+/// What the allocator asks of an owner.
+pub trait Owns {
+    /// Owned by a `generateName` request.
+    fn is_generated(&self) -> bool;
+    /// The same owner, and one that can own anything (not a `generateName` request).
+    fn is(&self, other: &Owner) -> bool;
+}
 
-    pub fn is_generated(&self) -> bool {
+impl Owns for Owner {
+    fn is_generated(&self) -> bool {
         self.name.ends_with('*')
     }
 
     fn is(&self, other: &Owner) -> bool {
         self == other && !self.is_generated()
-    }
-
-    pub fn of(svc: &Service) -> Option<Self> {
-        Some(Self::new(
-            svc.metadata.namespace.clone()?,
-            svc.metadata.name.clone()?,
-        ))
-    }
-}
-
-impl fmt::Display for Owner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

@@ -524,18 +524,18 @@ async fn watch_services(
     while let Some(event) = stream.next().await {
         match event {
             Event::Apply(s) => {
-                if let Some(o) = Owner::of(&s) {
+                if let Some(o) = crate::index::owner_of(&s) {
                     a.apply_service(&o, Some(&s));
                 }
             }
             Event::Delete(s) => {
-                if let Some(o) = Owner::of(&s) {
+                if let Some(o) = crate::index::owner_of(&s) {
                     a.apply_service(&o, None);
                 }
             }
             Event::Init => seen = Some(Default::default()),
             Event::InitApply(s) => {
-                if let Some(o) = Owner::of(&s) {
+                if let Some(o) = crate::index::owner_of(&s) {
                     a.apply_service(&o, Some(&s));
                     seen.get_or_insert_with(Default::default).insert(o);
                 }
@@ -665,7 +665,9 @@ async fn catch_up(client: &Client, a: &Allocator) -> kube::Result<usize> {
     let mut idx = lock(&a.index);
     let mut n = 0;
     for s in &svc_list.items {
-        let Some(owner) = Owner::of(s) else { continue };
+        let Some(owner) = crate::index::owner_of(s) else {
+            continue;
+        };
         let held = crate::index::Held::of(s);
         if idx.held(&owner) == Some(&held) {
             continue; // the watch has it: reserving would only outlive a later release

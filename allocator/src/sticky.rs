@@ -32,7 +32,7 @@ pub struct Remembered {
 
 impl Remembered {
     pub fn of(svc: &Service, deleted_at: u64) -> Option<Self> {
-        let owner = Owner::of(svc)?;
+        let owner = crate::index::owner_of(svc)?;
         let spec = svc.spec.as_ref()?;
         let cluster_ips = spec
             .cluster_ips
@@ -54,8 +54,8 @@ impl Remembered {
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0);
         let r = Self {
-            namespace: owner.namespace,
-            name: owner.name,
+            namespace: owner.namespace.into(),
+            name: owner.name.into(),
             cluster_ips,
             node_ports,
             health_check_node_port,
@@ -97,7 +97,7 @@ impl Sticky {
         if !self.enabled() {
             return;
         }
-        let owner = Owner::new(&r.namespace, &r.name);
+        let owner = Owner::new(r.namespace.as_str(), r.name.as_str());
         self.entries.insert(owner, r);
         if self.entries.len() > self.max_entries {
             // Oldest out first.
@@ -185,7 +185,7 @@ impl Sticky {
         let n = all.len();
         for r in all {
             self.entries
-                .entry(Owner::new(&r.namespace, &r.name))
+                .entry(Owner::new(r.namespace.as_str(), r.name.as_str()))
                 .or_insert(r);
         }
         Ok(n)

@@ -20,7 +20,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::decide::{self, Context, Decision, Request, Value_};
-use crate::index::{Index, Owner};
+use crate::index::{Index, Owner, Owns};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::sticky::{Remembered, Sticky, unix_now};
@@ -161,8 +161,8 @@ impl Allocator {
             .filter(|n| !n.is_empty())
             .or_else(|| Some(req.name.clone()).filter(|n| !n.is_empty()));
         let owner = match name {
-            Some(name) => Owner::new(&namespace, name),
-            None => Owner::generated(
+            Some(name) => Owner::new(namespace.as_str(), name),
+            None => crate::index::generated_owner(
                 &namespace,
                 service.metadata.generate_name.as_deref().unwrap_or(""),
             ),

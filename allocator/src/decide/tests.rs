@@ -28,7 +28,7 @@ fn rng() -> rand::rngs::StdRng {
 }
 
 fn create(idx: &mut Index, s: &Service) -> Decision {
-    let owner = Owner::of(s).expect("named");
+    let owner = crate::index::owner_of(s).expect("named");
     let req = Request {
         create: true,
         service: s,
@@ -40,7 +40,7 @@ fn create(idx: &mut Index, s: &Service) -> Decision {
 }
 
 fn update(idx: &mut Index, old: &Service, new: &Service) -> Decision {
-    let owner = Owner::of(new).expect("named");
+    let owner = crate::index::owner_of(new).expect("named");
     let req = Request {
         create: false,
         service: new,
@@ -424,7 +424,7 @@ fn clusterip_to_nodeport_does_not_share_like_upstream() {
 fn dry_run_reserves_nothing() {
     let mut idx = index(&["10.0.0.0/30"], "30000-30001");
     let s = svc("a", json!({}));
-    let owner = Owner::of(&s).expect("named");
+    let owner = crate::index::owner_of(&s).expect("named");
     let req = Request {
         create: true,
         service: &s,
@@ -450,7 +450,7 @@ fn retries_get_their_reservation_back_but_generated_names_never_share() {
     let again = ips(&apply(&s, &create(&mut idx, &s)));
     assert_eq!(first, again, "a retried request is idempotent");
     let g: Service = serde_json::from_value(json!({"metadata": {"namespace": "ns", "generateName": "g-"}, "spec": {"clusterIP": "10.96.9.9", "clusterIPs": ["10.96.9.9"]}})).expect("svc");
-    let owner = Owner::generated("ns", "g-");
+    let owner = crate::index::generated_owner("ns", "g-");
     let req = Request {
         create: true,
         service: &g,
@@ -512,7 +512,7 @@ fn sticky_values_come_back_when_free() {
         "a",
         json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}]}),
     );
-    let owner = Owner::of(&s).expect("named");
+    let owner = crate::index::owner_of(&s).expect("named");
     let req = Request {
         create: true,
         service: &s,
@@ -558,7 +558,7 @@ fn policy_steers_dynamic_picks() {
             &format!("t{i}"),
             json!({"type": "NodePort", "ports": [{"port": 80}], "ipFamilyPolicy": "PreferDualStack"}),
         );
-        let owner = Owner::of(&s).expect("named");
+        let owner = crate::index::owner_of(&s).expect("named");
         let req = Request {
             create: true,
             service: &s,
@@ -583,7 +583,7 @@ fn policy_steers_dynamic_picks() {
         assert!((31000..=31001).contains(&node_ports(&got)[0]));
     }
     let s = svc("t9", json!({"type": "NodePort", "ports": [{"port": 80}]}));
-    let owner = Owner::of(&s).expect("named");
+    let owner = crate::index::owner_of(&s).expect("named");
     let req = Request {
         create: true,
         service: &s,
