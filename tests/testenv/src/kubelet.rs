@@ -235,6 +235,16 @@ pub async fn delete_pod(client: &Client, namespace: &str, name: &str) -> Result<
 
 /// Creates the ServiceAccount if needed and mints a one-hour token for it.
 pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> Result<String> {
+    service_account_token_valid_for(client, namespace, name, 3600).await
+}
+
+/// Like [`service_account_token`], valid for `seconds`.
+pub async fn service_account_token_valid_for(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    seconds: i64,
+) -> Result<String> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     if api.get_opt(name).await?.is_none() {
         let sa = ServiceAccount {
@@ -248,7 +258,7 @@ pub async fn service_account_token(client: &Client, namespace: &str, name: &str)
     }
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
+            expiration_seconds: Some(seconds),
             ..Default::default()
         }),
         ..Default::default()

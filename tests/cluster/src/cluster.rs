@@ -1,0 +1,412 @@
+//! The whole local cluster: control plane, network, the four svcplane components as the
+//! `deploy/` manifests describe them, and (optionally) the demo app.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use svcplane_testenv::{TestEnv, kubelet, manifest};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Agent, NodeInfo, Settings};
+use crate::egress::{self, EgressRelay};
+use crate::net::{self, Names};
+
+/// The binaries the local kubelets run, built from this checkout.
+pub const COMPONENTS: [&str; 4] = [
+    "svcplane-allocator",
+    "svcplane-endpoints",
+    "svcplane-dns",
+    "svcplane-proxy",
+];
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Simulated nodes (1 to 9).
+    pub nodes: usize,
+    /// Every namespace (and state directory) name starts with this; a start removes what an
+    /// earlier run with the same prefix left.
+    pub prefix: String,
+    /// Where the svcplane binaries and `svcplane-cluster` are.
+    pub bin_dir: PathBuf,
+    /// Also start the demo app (deploy/… then tests/cluster/demo.yaml).
+    pub demo: bool,
+}
+
+/// A running local cluster. [`Cluster::stop`] stops it; dropping it also removes every
+/// namespace, as a last resort.
+pub struct Cluster {
+    env: Option<Arc<TestEnv>>,
+    client: Client,
+    names: Names,
+    nodes: Vec<NodeInfo>,
+    state_dir: PathBuf,
+    agent: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    _egress: Option<EgressRelay>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("prefix", &self.names.prefix)
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `deploy/` directory of this checkout.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// The manifests `deploy/kustomization.yaml` lists, in its order.
+pub fn deploy_manifests() -> anyhow::Result<Vec<(String, String)>> {
+    let dir = deploy_dir();
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))
+        .context("reading deploy/kustomization.yaml")?;
+    let parsed: serde_json::Value = serde_saphyr::from_str(&kustomization)
+        .map_err(|e| anyhow::anyhow!("deploy/kustomization.yaml: {e}"))?;
+    let resources = parsed["resources"]
+        .as_array()
+        .context("deploy/kustomization.yaml lists no resources")?;
+    resources
+        .iter()
+        .map(|r| {
+            let file = r.as_str().context("a resource that is not a file name")?;
+            let yaml = std::fs::read_to_string(dir.join(file))
+                .with_context(|| format!("reading deploy/{file}"))?;
+            Ok((file.to_owned(), yaml))
+        })
+        .collect()
+}
+
+impl Cluster {
+    /// Starts everything; `progress` hears each step. On error, whatever was made is removed.
+    pub async fn start(options: Options, progress: impl Fn(&str)) -> anyhow::Result<Cluster> {
+        if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
+            bail!(
+                "svcplane-cluster makes network namespaces and nftables rules, which needs root with `ip` and `nft` ({why}); run it with sudo"
+            );
+        }
+        if !(1..=9).contains(&options.nodes) {
+            bail!("--nodes must be 1 to 9, not {}", options.nodes);
+        }
+        for binary in COMPONENTS.iter().chain(&["svcplane-cluster"]) {
+            let path = options.bin_dir.join(binary);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: build with `cargo build --workspace --bins` first",
+                    path.display()
+                );
+            }
+        }
+        let names = Names {
+            prefix: options.prefix.clone(),
+        };
+        let removed = net::remove_leftovers(&options.prefix).await?;
+        if removed > 0 {
+            progress(&format!(
+                "removed {removed} network namespaces an earlier run left behind"
+            ));
+        }
+        let state_dir = std::env::temp_dir().join(format!("svcplane-cluster-{}", options.prefix));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let socket = state_dir.join("egress.sock");
+        let selector = state_dir.join("egress-selector.yaml");
+        std::fs::write(&selector, egress::selector_config(&socket))?;
+
+        progress("starting etcd and kube-apiserver (the first run builds them, a few minutes)");
+        let started = Instant::now();
+        let env = TestEnv::start_with(svcplane_testenv::Options {
+            extra_apiserver_args: vec![format!(
+                "--egress-selector-config-file={}",
+                selector.display()
+            )],
+            ..svcplane_testenv::Options::default()
+        })
+        .await
+        .context("starting the control plane")?;
+        progress(&format!(
+            "control plane up in {:.1}s: {}",
+            started.elapsed().as_secs_f64(),
+            env.server_url()
+        ));
+        let client = env.client().await?;
+        let nodes: Vec<NodeInfo> = (1..=options.nodes)
+            .map(|n| NodeInfo {
+                name: format!("node-{n}"),
+                n,
+                ns: names.node(&format!("node-{n}")),
+            })
+            .collect();
+        let mut cluster = Cluster {
+            env: Some(Arc::new(env)),
+            client: client.clone(),
+            names: names.clone(),
+            nodes: nodes.clone(),
+            state_dir: state_dir.clone(),
+            agent: None,
+            _egress: None,
+        };
+
+        net::add_lan(&names).await?;
+        for node in &nodes {
+            net::add_node(&names, &node.name, node.n, nodes.len()).await?;
+            kubelet::create_node(&client, &node.name, None, net::node_ip(node.n).into()).await?;
+            Api::<Node>::all(client.clone())
+                .patch(
+                    &node.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}})),
+                )
+                .await?;
+        }
+        progress(&format!(
+            "{} nodes up: namespaces {} on LAN 192.0.2.0/24",
+            nodes.len(),
+            nodes
+                .iter()
+                .map(|n| n.ns.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        // The API server reaches Services (the allocator's webhook) from node 1.
+        cluster._egress = Some(EgressRelay::start(&socket, nodes[0].ns.clone())?);
+
+        for (file, yaml) in deploy_manifests()? {
+            manifest::apply(&client, &yaml)
+                .await
+                .with_context(|| format!("applying deploy/{file}"))?;
+        }
+        progress("applied deploy/ (kustomization order)");
+
+        let (stop, stopped) = watch::channel(false);
+        let agent = Agent::new(
+            client.clone(),
+            cluster.env.clone().context("control plane")?,
+            Settings {
+                names: names.clone(),
+                nodes,
+                bin_dir: options.bin_dir.clone(),
+                state_dir: state_dir.clone(),
+            },
+        );
+        cluster.agent = Some((stop, tokio::spawn(agent.run(stopped))));
+
+        cluster.wait_components(Duration::from_secs(120)).await?;
+        progress(&format!(
+            "svcplane components ready (logs in {})",
+            state_dir.join("logs").display()
+        ));
+        if options.demo {
+            manifest::apply(&client, crate::demo::MANIFEST)
+                .await
+                .context("applying the demo")?;
+            cluster.wait_demo(Duration::from_secs(120)).await?;
+            progress("demo app ready");
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until every svcplane Deployment has a ready pod and every node's proxy is ready.
+    async fn wait_components(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let deployments = Api::<Deployment>::namespaced(self.client.clone(), "kube-system")
+                .list(&ListParams::default())
+                .await?;
+            let daemonsets = Api::<DaemonSet>::namespaced(self.client.clone(), "kube-system")
+                .list(&ListParams::default())
+                .await?;
+            let mut waiting: Vec<String> = deployments
+                .items
+                .iter()
+                .filter(|d| {
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0)
+                        < 1
+                })
+                .filter_map(|d| d.metadata.name.clone())
+                .collect();
+            waiting.extend(
+                daemonsets
+                    .items
+                    .iter()
+                    .filter(|d| {
+                        d.status.as_ref().is_none_or(|s| {
+                            s.number_ready < i32::try_from(self.nodes.len()).unwrap_or(0)
+                        })
+                    })
+                    .filter_map(|d| d.metadata.name.clone()),
+            );
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not ready after {}s: {}; logs in {}",
+                    within.as_secs(),
+                    waiting.join(", "),
+                    self.state_dir.join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the demo's pods are ready and the client resolves and reaches `web`.
+    async fn wait_demo(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let last;
+            let pods = Api::<Pod>::namespaced(self.client.clone(), "demo")
+                .list(&ListParams::default())
+                .await?;
+            let ready = pods.items.iter().filter(|p| crate::pod_ready(p)).count();
+            if ready >= 3 {
+                let out = self
+                    .exec("demo", "client", &["curl", "-sS", "-m", "2", "http://web/"])
+                    .await;
+                match out {
+                    Ok(body) if body.contains(" on node-") => return Ok(()),
+                    Ok(body) => last = body,
+                    Err(e) => last = e.to_string(),
+                }
+            } else {
+                last = format!("{ready} demo pods ready");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the demo never answered within {}s: {last}",
+                    within.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Runs a command in pod `namespace/name`'s network namespace (with its resolv.conf);
+    /// its standard output.
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        command: &[&str],
+    ) -> anyhow::Result<String> {
+        let ns = self.names.pod(namespace, pod);
+        let mut args = vec!["ip", "netns", "exec", ns.as_str()];
+        args.extend_from_slice(command);
+        net::sh(&args).await
+    }
+
+    /// Runs a command in the external host's namespace.
+    pub async fn exec_external(&self, command: &[&str]) -> anyhow::Result<String> {
+        let ns = self.names.external();
+        let mut args = vec!["ip", "netns", "exec", ns.as_str()];
+        args.extend_from_slice(command);
+        net::sh(&args).await
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// Logs of every pod, one file each.
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn env(&self) -> Option<&TestEnv> {
+        self.env.as_deref()
+    }
+
+    /// GET `path` on `port` inside pod `namespace/name`'s namespace (its admin endpoints).
+    pub async fn pod_http(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        net::http_get_in(
+            &self.names.pod(namespace, pod),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            path,
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    /// Stops the pods (SIGTERM, then SIGKILL after 2 s), the control plane, and removes every
+    /// namespace and file this cluster made.
+    pub async fn stop(mut self) {
+        if let Some((stop, task)) = self.agent.take() {
+            stop.send_replace(true);
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+        self._egress = None;
+        let _ = net::remove_leftovers(&self.names.prefix).await;
+        self.env = None;
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+impl Drop for Cluster {
+    /// The last resort (a panic, an error during start): kill what runs in our namespaces and
+    /// delete them, synchronously.
+    fn drop(&mut self) {
+        if let Some((stop, task)) = self.agent.take() {
+            stop.send_replace(true);
+            task.abort();
+        }
+        let prefix = format!("{}-", self.names.prefix);
+        let Ok(out) = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+        else {
+            return;
+        };
+        for ns in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+        {
+            if let Ok(pids) = std::process::Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .status();
+                }
+            }
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+            let _ = std::fs::remove_dir_all(net::etc_netns(ns));
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The simulated network: a LAN (a bridge in its own namespace) joining the nodes and an
+//! "external" host, each node a namespace that routes for its pods, each pod a namespace on a
+//! veth to its node. Every address lives inside these namespaces; nothing links them to the host
+//! namespace by IP.
+//!
+//! Addresses (all inside the namespaces):
+//! - LAN 192.0.2.0/24 (TEST-NET-1): external host .1, node N .(10+N);
+//! - pods on node N: 10.244.N.0/24, the node's side of every pod veth holds 10.244.N.1/32;
+//! - LoadBalancer IPs 198.51.100.0/24 (TEST-NET-2): the external host routes them to node 1.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// The LAN address of node `n` (1-based).
+pub fn node_ip(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + u8::try_from(n).unwrap_or(0))
+}
+
+/// The external host's LAN address.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// Where LoadBalancer IPs come from (the demo's LoadBalancerIPPool).
+pub const LOAD_BALANCER_CIDR: &str = "198.51.100.0/24";
+
+/// The pods' CIDR (the proxy's --cluster-cidr in deploy/svcplane-proxy.yaml).
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// Runs `ip …` (or another tool) to completion; an error carries its stderr.
+pub async fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The namespaces of one cluster: every name starts with `prefix-`.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub prefix: String,
+}
+
+impl Names {
+    pub fn lan(&self) -> String {
+        format!("{}-lan", self.prefix)
+    }
+
+    pub fn external(&self) -> String {
+        format!("{}-ext", self.prefix)
+    }
+
+    /// The namespace of node `node-N`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}-{node}", self.prefix)
+    }
+
+    /// The namespace of pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> String {
+        format!("{}-{namespace}-{name}", self.prefix)
+    }
+}
+
+/// Removes what an earlier run with this prefix left behind (after a SIGKILL): kills every
+/// process still inside one of its namespaces, then deletes the namespaces and their
+/// /etc/netns files. Returns how many namespaces it removed.
+pub async fn remove_leftovers(prefix: &str) -> anyhow::Result<usize> {
+    let list = sh(&["ip", "netns", "list"]).await?;
+    let mine: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .map(str::to_owned)
+        .collect();
+    for ns in &mine {
+        remove_namespace(ns).await;
+    }
+    Ok(mine.len())
+}
+
+/// Kills the processes in `ns`, deletes it and its /etc/netns directory. Errors are ignored:
+/// this is clean-up, and a second pass (the next start) repeats it.
+pub async fn remove_namespace(ns: &str) {
+    if let Ok(pids) = sh(&["ip", "netns", "pids", ns]).await {
+        for pid in pids.split_whitespace() {
+            let _ = sh(&["kill", "-9", pid]).await;
+        }
+    }
+    let _ = sh(&["ip", "netns", "del", ns]).await;
+    let _ = std::fs::remove_dir_all(etc_netns(ns));
+}
+
+/// `ip netns exec` bind-mounts the files here over /etc: a pod's resolv.conf.
+pub fn etc_netns(ns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(ns)
+}
+
+/// Writes the resolv.conf `ip netns exec` shows to processes in `ns`.
+pub fn write_resolv_conf(ns: &str, contents: &str) -> anyhow::Result<()> {
+    let dir = etc_netns(ns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn add_namespace(ns: &str) -> anyhow::Result<()> {
+    sh(&["ip", "netns", "add", ns]).await?;
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await?;
+    Ok(())
+}
+
+async fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
+    sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]).await?;
+    Ok(())
+}
+
+/// Makes the LAN and the external host. Call [`add_node`] for each node afterwards.
+pub async fn add_lan(names: &Names) -> anyhow::Result<()> {
+    let lan = names.lan();
+    add_namespace(&lan).await?;
+    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]).await?;
+    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]).await?;
+    let ext = names.external();
+    add_namespace(&ext).await?;
+    join_lan(names, &ext, "ext", EXTERNAL_IP).await?;
+    // A load balancer in front of the nodes: LoadBalancer IPs go to node 1.
+    sh(&[
+        "ip",
+        "-n",
+        &ext,
+        "route",
+        "add",
+        LOAD_BALANCER_CIDR,
+        "via",
+        &node_ip(1).to_string(),
+    ])
+    .await?;
+    Ok(())
+}
+
+/// Plugs `ns` into the LAN bridge with `ip`/24 on its `uplink`.
+async fn join_lan(names: &Names, ns: &str, port: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let lan = names.lan();
+    sh(&[
+        "ip", "-n", &lan, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns",
+        ns,
+    ])
+    .await?;
+    sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0", "up"]).await?;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        "uplink",
+    ])
+    .await?;
+    sh(&["ip", "-n", ns, "link", "set", "uplink", "up"]).await?;
+    Ok(())
+}
+
+/// Node `n` of `count`: forwarding on, on the LAN, routes to the other nodes' pods, a default
+/// route to the external host.
+pub async fn add_node(names: &Names, node: &str, n: usize, count: usize) -> anyhow::Result<()> {
+    let ns = names.node(node);
+    add_namespace(&ns).await?;
+    // Rejects are ICMP errors, which the kernel rate-limits; a demo or test sends them faster
+    // than clients normally would.
+    for setting in ["net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"] {
+        sysctl(&ns, setting).await?;
+    }
+    join_lan(names, &ns, &format!("n{n}"), node_ip(n)).await?;
+    for other in (1..=count).filter(|&o| o != n) {
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            &format!("10.244.{other}.0/24"),
+            "via",
+            &node_ip(other).to_string(),
+        ])
+        .await?;
+    }
+    sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        &EXTERNAL_IP.to_string(),
+    ])
+    .await?;
+    Ok(())
+}
+
+/// Pod namespace `ns` on node `n` (namespace `node_ns`) with address 10.244.n.`host`, joined
+/// by veth `veth` (the node's side).
+pub async fn add_pod(
+    node_ns: &str,
+    n: usize,
+    ns: &str,
+    veth: &str,
+    host: u8,
+) -> anyhow::Result<Ipv4Addr> {
+    let n8 = u8::try_from(n).context("node number")?;
+    let gateway = Ipv4Addr::new(10, 244, n8, 1).to_string();
+    let ip = Ipv4Addr::new(10, 244, n8, host);
+    add_namespace(ns).await?;
+    sh(&[
+        "ip", "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
+        ns,
+    ])
+    .await?;
+    sh(&[
+        "ip",
+        "-n",
+        node_ns,
+        "addr",
+        "add",
+        &format!("{gateway}/32"),
+        "dev",
+        veth,
+    ])
+    .await?;
+    sh(&["ip", "-n", node_ns, "link", "set", veth, "up"]).await?;
+    sh(&[
+        "ip",
+        "-n",
+        node_ns,
+        "route",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        veth,
+    ])
+    .await?;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{ip}/32"),
+        "dev",
+        "eth0",
+    ])
+    .await?;
+    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]).await?;
+    sh(&[
+        "ip", "-n", ns, "route", "add", &gateway, "dev", "eth0", "scope", "link",
+    ])
+    .await?;
+    sh(&[
+        "ip", "-n", ns, "route", "add", "default", "via", &gateway, "dev", "eth0",
+    ])
+    .await?;
+    Ok(ip)
+}
+
+/// Connects to `addr` from inside network namespace `ns`. The socket is made on a thread of
+/// its own that enters the namespace and then ends, so no thread of the runtime ever changes
+/// namespace.
+pub async fn connect_in(
+    ns: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let path = PathBuf::from("/var/run/netns").join(ns);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let made = (|| -> std::io::Result<std::net::TcpStream> {
+            let handle = std::fs::File::open(&path)?;
+            setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        })();
+        let _ = tx.send(made);
+    });
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("netns thread ended"))??;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+/// GET `path` from `addr` inside `ns`: the status code and body. For probes and checks; the
+/// request never leaves the namespace.
+pub async fn http_get_in(
+    ns: &str,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let stream = connect_in(ns, addr, timeout).await?;
+    let mut stream = stream.into_std()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no HTTP status line"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
