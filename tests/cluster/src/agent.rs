@@ -11,7 +11,7 @@
 //! a unix-socket relay; any other image runs the demo HTTP server.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -87,6 +87,8 @@ struct Running {
     started: Instant,
     restarts: u32,
     prober: Option<JoinHandle<()>>,
+    probe: Option<(u16, String, Duration)>,
+    reported: Reported,
     _relay: Option<ApiRelay>,
 }
 
@@ -582,6 +584,24 @@ impl Agent {
                         tracing::warn!(pod = %format!("{ns}/{name}"), restarts = r.restarts, log = %r.log.display(), "agent: container exited; restarting");
                         r.child = Some(spawn(&r.netns, &r.command, &r.env, &r.log)?);
                         r.started = Instant::now();
+                        r.reported
+                            .restarts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // A new container starts unready and is probed afresh.
+                        if let Some(p) = r.prober.take() {
+                            p.abort();
+                        }
+                        r.reported.write(&self.client, r.probe.is_none()).await?;
+                        r.prober = r.probe.clone().map(|(port, path, period)| {
+                            tokio::spawn(prober(
+                                self.client.clone(),
+                                r.netns.clone(),
+                                r.reported.clone(),
+                                port,
+                                path,
+                                period,
+                            ))
+                        });
                     }
                 }
             }
@@ -699,15 +719,22 @@ impl Agent {
             .join(format!("{ns}_{name}.log"));
         let child = spawn(&netns, &command, &env, &log)?;
         let probe = readiness(&container);
-        kubelet::set_pod_running(&self.client, &ns, &name, &[IpAddr::V4(ip)], probe.is_none())
-            .await?;
-        let prober = probe.map(|(port, path, period)| {
+        let reported = Reported {
+            ns: ns.clone(),
+            name: name.clone(),
+            container: container.name.clone(),
+            image,
+            ip,
+            host_ip: net::node_ip(info.n),
+            started: k8s_openapi::jiff::Timestamp::now().to_string(),
+            restarts: Arc::default(),
+        };
+        reported.write(&self.client, probe.is_none()).await?;
+        let prober = probe.clone().map(|(port, path, period)| {
             tokio::spawn(prober(
                 self.client.clone(),
                 netns.clone(),
-                ns.clone(),
-                name.clone(),
-                ip,
+                reported.clone(),
                 port,
                 path,
                 period,
@@ -728,6 +755,8 @@ impl Agent {
             started: Instant::now(),
             restarts: 0,
             prober,
+            probe,
+            reported,
             _relay: relay,
         })
     }
@@ -822,28 +851,80 @@ async fn stop_pod(mut r: Running) {
     tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), "agent: pod stopped");
 }
 
+/// What a pod's kubelet reports: its status as `kubectl get pods` reads it.
+#[derive(Debug, Clone)]
+struct Reported {
+    ns: String,
+    name: String,
+    container: String,
+    image: String,
+    ip: Ipv4Addr,
+    host_ip: Ipv4Addr,
+    started: String,
+    restarts: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Reported {
+    /// Writes phase Running, the IPs, Ready and the container's status.
+    async fn write(&self, client: &Client, ready: bool) -> anyhow::Result<()> {
+        let status = if ready { "True" } else { "False" };
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let condition =
+            |t: &str, s: &str| json!({ "type": t, "status": s, "lastTransitionTime": now });
+        let patch = json!({ "status": {
+            "phase": "Running",
+            "podIP": self.ip.to_string(),
+            "podIPs": [{ "ip": self.ip.to_string() }],
+            "hostIP": self.host_ip.to_string(),
+            "hostIPs": [{ "ip": self.host_ip.to_string() }],
+            "startTime": self.started,
+            "conditions": [
+                condition("PodScheduled", "True"),
+                condition("Initialized", "True"),
+                condition("ContainersReady", status),
+                condition("Ready", status),
+            ],
+            "containerStatuses": [{
+                "name": self.container,
+                "image": self.image,
+                "imageID": "",
+                "ready": ready,
+                "started": true,
+                "restartCount": self.restarts.load(std::sync::atomic::Ordering::Relaxed),
+                "state": { "running": { "startedAt": self.started } },
+            }],
+        }});
+        Api::<Pod>::namespaced(client.clone(), &self.ns)
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("status of pod {}/{}", self.ns, self.name))?;
+        Ok(())
+    }
+}
+
 /// Probes every `period` from inside the pod's namespace; writes Ready when it changes.
 #[allow(clippy::too_many_arguments)]
 async fn prober(
     client: Client,
     netns: String,
-    ns: String,
-    name: String,
-    ip: Ipv4Addr,
+    reported: Reported,
     port: u16,
     path: String,
     period: Duration,
 ) {
     let mut ready = false;
+    let addr = SocketAddr::from((reported.ip, port));
     loop {
         let ok = matches!(
-            net::http_get_in(&netns, SocketAddr::from((ip, port)), &path, Duration::from_secs(1)).await,
+            net::http_get_in(&netns, addr, &path, Duration::from_secs(1)).await,
             Ok((status, _)) if (200..400).contains(&status)
         );
         if ok != ready {
-            match kubelet::set_pod_running(&client, &ns, &name, &[IpAddr::V4(ip)], ok).await {
-                Ok(_) => ready = ok,
-                Err(error) => tracing::debug!(%error, pod = %name, "agent: writing readiness"),
+            match reported.write(&client, ok).await {
+                Ok(()) => ready = ok,
+                Err(error) => {
+                    tracing::debug!(error = %svcplane_runtime::error_chain(&*error), pod = %reported.name, "agent: writing readiness")
+                }
             }
         }
         tokio::time::sleep(period).await;

@@ -272,11 +272,26 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let last;
-            let pods = Api::<Pod>::namespaced(self.client.clone(), "demo")
+            let deployments = Api::<Deployment>::namespaced(self.client.clone(), "demo")
                 .list(&ListParams::default())
                 .await?;
-            let ready = pods.items.iter().filter(|p| crate::pod_ready(p)).count();
-            if ready >= 3 {
+            let unready: Vec<String> = deployments
+                .items
+                .iter()
+                .filter(|d| {
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0)
+                        < d.spec.replicas.unwrap_or(1)
+                })
+                .filter_map(|d| d.metadata.name.clone())
+                .collect();
+            let client_up = Api::<Pod>::namespaced(self.client.clone(), "demo")
+                .get_opt("client")
+                .await?
+                .is_some_and(|p| crate::pod_ready(&p));
+            if unready.is_empty() && client_up {
                 let out = self
                     .exec("demo", "client", &["curl", "-sS", "-m", "2", "http://web/"])
                     .await;
@@ -286,7 +301,7 @@ impl Cluster {
                     Err(e) => last = e.to_string(),
                 }
             } else {
-                last = format!("{ready} demo pods ready");
+                last = format!("waiting for {unready:?} and the client pod");
             }
             if Instant::now() > deadline {
                 bail!(

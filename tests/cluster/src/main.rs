@@ -46,7 +46,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Err(error) = args.log.init() {
+    // The control plane's start-up polls fail by design until it is up: keep them quiet.
+    if let Err(error) = args.log.init_with_default("warn,kube_client=off") {
         eprintln!("svcplane-cluster: {error}");
         return std::process::ExitCode::FAILURE;
     }
