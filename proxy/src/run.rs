@@ -91,9 +91,15 @@ pub struct Args {
     /// Bit of the packet mark that asks for masquerading (0-31).
     #[arg(long, env = "SVCPLANE_MASQUERADE_BIT", default_value_t = 14)]
     pub masquerade_bit: u8,
-    /// Least time between two syncs: changes arriving meanwhile are batched.
+    /// Least time between two syncs that write rules: changes arriving meanwhile are batched.
+    /// A sync that finds nothing to write does not count.
     #[arg(long, env = "SVCPLANE_MIN_SYNC_PERIOD", default_value = "1s", value_parser = svcplane_runtime::parse_duration)]
     pub min_sync_period: Duration,
+    /// How long a change that finds the proxy idle waits for company before it is synced: a
+    /// new Service's EndpointSlice follows it by a few milliseconds, and without the wait the
+    /// two would go into two syncs, the second one --min-sync-period later. 0 syncs at once.
+    #[arg(long, env = "SVCPLANE_SYNC_SETTLE", default_value = "30ms", value_parser = svcplane_runtime::parse_duration)]
+    pub sync_settle: Duration,
     /// A failed sync is retried after this long.
     #[arg(long, env = "SVCPLANE_SYNC_PERIOD", default_value = "30s", value_parser = svcplane_runtime::parse_duration)]
     pub sync_period: Duration,
@@ -345,10 +351,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut synced = false;
     let mut last_sync: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
+    // When the oldest change not yet synced arrived.
+    let mut pending_since: Option<Instant> = None;
     loop {
         let wait = match (synced, state.pending() > 0 || retry_at.is_some()) {
             (true, true) => {
                 let earliest = last_sync.map_or_else(Instant::now, |t| t + args.min_sync_period);
+                let earliest = pending_since.map_or(earliest, |p| earliest.max(p + args.sync_settle));
                 let at = retry_at.map_or(earliest, |r| r.max(earliest));
                 at.saturating_duration_since(Instant::now())
             }
@@ -372,6 +381,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     }
                 }
                 metrics.pending(state.pending());
+                if state.pending() > 0 && pending_since.is_none() {
+                    pending_since = Some(Instant::now());
+                }
                 if synced && state.pending() > 0 {
                     for family in FAMILIES {
                         proxy_health.queued_update(family);
@@ -387,6 +399,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             }
             _ = tokio::time::sleep(wait), if synced && (state.pending() > 0 || retry_at.is_some()) => {
                 let started = Instant::now();
+                pending_since = None;
                 match state.sync() {
                     Ok(_) => {
                         if last_sync.is_none() {
@@ -408,7 +421,11 @@ pub async fn run(args: Args) -> Result<(), Error> {
                         retry_at = Some(Instant::now() + retry_in);
                     }
                 }
-                last_sync = Some(Instant::now());
+                // Only work done counts against --min-sync-period: a sync that wrote nothing
+                // (a not-ready endpoint came, say) leaves the next change free to go at once.
+                if retry_at.is_some() || state.last_sync_wrote() {
+                    last_sync = Some(Instant::now());
+                }
             }
         }
     }

@@ -65,6 +65,9 @@ pub struct State {
     /// The next sync replaces the tables whole.
     force_full: bool,
     last_full: Option<Instant>,
+    /// Whether the last successful sync wrote to nftables (a partial one can have nothing to
+    /// write, e.g. when only a not-ready endpoint came).
+    wrote: bool,
     /// UDP destinations per family and Service, as planned.
     udp: [HashMap<ObjectKey, UdpView>; 2],
     /// Per family and Service, ports with a Local policy and endpoints only elsewhere
@@ -106,6 +109,7 @@ impl State {
             tables: FAMILIES.map(Table::new),
             planned: None,
             force_full: true,
+            wrote: false,
             last_full: None,
             udp: Default::default(),
             no_local: Default::default(),
@@ -269,6 +273,7 @@ impl State {
         let (text, kind) = self.transaction();
         self.metrics.services(self.services.len());
         if kind == "partial" && text.is_empty() {
+            self.wrote = false;
             self.finish(kind, started);
             return Ok(kind);
         }
@@ -281,6 +286,7 @@ impl State {
                     self.force_full = false;
                     self.last_full = Some(Instant::now());
                 }
+                self.wrote = true;
                 self.finish(kind, started);
                 Ok(kind)
             }
@@ -292,6 +298,12 @@ impl State {
                 Err(SyncError { kind, error })
             }
         }
+    }
+
+    /// Whether the last successful [`State::sync`] wrote rules (false: it found nothing to
+    /// change).
+    pub fn last_sync_wrote(&self) -> bool {
+        self.wrote
     }
 
     fn finish(&mut self, kind: &'static str, started: Instant) {

@@ -85,3 +85,41 @@ fn the_node_supplies_zone_and_nodeport_addresses() {
     assert!(text.contains("add element ip svcplane nodeport-ips { 192.0.2.10 }"));
     assert_eq!(s.config().node.zone.as_deref(), Some("zone-a"));
 }
+
+#[test]
+fn a_sync_that_changes_no_rule_says_it_wrote_nothing() {
+    let nft = FakeNft::new();
+    let mut s = state(&nft);
+    let web = service("web", &["10.96.0.10"], ServiceType::ClusterIp);
+    s.services.apply(web.key.clone(), Some(web.clone()));
+    for slice in endpoints("web", &[("10.244.1.5", "node-b", true)]).slices {
+        s.slices.apply(slice.key.clone(), Some(slice));
+    }
+    s.sync().expect("first sync");
+    assert!(s.last_sync_wrote(), "the first sync writes the tables");
+    // A not-ready endpoint joins: the rules stay as they are.
+    for slice in endpoints(
+        "web",
+        &[("10.244.1.5", "node-b", true), ("10.244.2.5", "node-c", false)],
+    )
+    .slices
+    {
+        s.slices.apply(slice.key.clone(), Some(slice));
+    }
+    assert!(s.pending() > 0);
+    assert_eq!(s.sync().expect("second sync"), "partial");
+    assert!(!s.last_sync_wrote(), "{:?}", nft.applied());
+    assert_eq!(nft.applied().len(), 1, "nothing more went to nft");
+    // The not-ready one turns ready: that is written.
+    for slice in endpoints(
+        "web",
+        &[("10.244.1.5", "node-b", true), ("10.244.2.5", "node-c", true)],
+    )
+    .slices
+    {
+        s.slices.apply(slice.key.clone(), Some(slice));
+    }
+    s.sync().expect("third sync");
+    assert!(s.last_sync_wrote());
+    assert_eq!(nft.applied().len(), 2);
+}

@@ -1,0 +1,241 @@
+//! Network-programming latency end to end on the local cluster (run by `bench/cluster.sh`):
+//!
+//! - Service created → first DNS answer for its name from a pod, and first HTTP request through
+//!   its ClusterIP from that pod (the Service selects the demo's three ready pods);
+//! - pod Ready → first request it serves through a ClusterIP whose Service selects only it.
+//!
+//! Pollers run on threads of their own inside the client pod's network namespace, every 5 ms;
+//! nothing is sent outside the cluster's namespaces. Times are from the API's answer to the
+//! create (or from the watch event that shows Ready) to the first success.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use nix::sched::{CloneFlags, setns};
+use serde_json::json;
+use svcplane_cluster::{Cluster, Options};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Rounds of each measurement.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Pause between rounds (longer than the proxy's --min-sync-period, so every round starts
+    /// from a quiet proxy).
+    #[arg(long, default_value = "2s", value_parser = svcplane_runtime::parse_duration)]
+    pause: Duration,
+    /// Where the svcplane binaries are (build them with --release for figures).
+    #[arg(long)]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "svbench")]
+    prefix: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cluster = Cluster::start(
+        Options {
+            nodes: 2,
+            prefix: args.prefix.clone(),
+            bin_dir: args.bin_dir.clone(),
+            demo: true,
+        },
+        |line| eprintln!("cluster: {line}"),
+    )
+    .await?;
+    let result = measure(&cluster, &args).await;
+    cluster.stop().await;
+    result
+}
+
+async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
+    let client_ns = cluster.names().pod("demo", "client");
+    let services: Api<Service> = Api::namespaced(cluster.client().clone(), "demo");
+    let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), "demo");
+    let mut dns = Vec::new();
+    let mut connect = Vec::new();
+    for i in 0..args.rounds {
+        tokio::time::sleep(args.pause).await;
+        let name = format!("lat-{i}");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }))?;
+        let created = services.create(&PostParams::default(), &svc).await?;
+        let t0 = Instant::now();
+        let ip: std::net::IpAddr = created
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("clusterIP")?
+            .parse()?;
+        let fqdn = format!("{name}.demo.svc.cluster.local");
+        let dns_poll = poll_in(client_ns.clone(), move || dns_answers(&fqdn));
+        let http_poll = poll_in(client_ns.clone(), move || {
+            http_ok(SocketAddr::new(ip, 80)).is_some()
+        });
+        let (d, c) = tokio::join!(dns_poll, http_poll);
+        let (d, c) = (d?, c?);
+        dns.push(d.duration_since(t0));
+        connect.push(c.duration_since(t0));
+        eprintln!(
+            "round {i}: dns {:.0} ms, connection {:.0} ms",
+            ms(dns[i]),
+            ms(connect[i])
+        );
+        services.delete(&name, &DeleteParams::default()).await?;
+    }
+
+    // Pod Ready → first request it serves.
+    let solo: Service = serde_json::from_value(json!({
+        "metadata": {"name": "solo"},
+        "spec": {"selector": {"solo": "yes"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }))?;
+    let solo_ip: std::net::IpAddr = services
+        .create(&PostParams::default(), &solo)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("clusterIP")?
+        .parse()?;
+    let mut ready = Vec::new();
+    for i in 0..args.rounds {
+        tokio::time::sleep(args.pause).await;
+        let name = format!("solo-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"solo": "yes"}},
+            "spec": {"containers": [{
+                "name": "web", "image": "svcplane.local/demo-http:1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+            }]},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let want = name.clone();
+        let served = poll_in(client_ns.clone(), move || {
+            http_ok(SocketAddr::new(solo_ip, 80)).is_some_and(|b| b.starts_with(&want))
+        });
+        let became_ready = ready_seen(&pods, &name);
+        let (served, became_ready) = tokio::join!(served, became_ready);
+        let (served, became_ready) = (served?, became_ready?);
+        let latency = served.saturating_duration_since(became_ready);
+        ready.push(latency);
+        eprintln!("round {i}: ready → served {:.0} ms", ms(latency));
+        pods.delete(&name, &DeleteParams::default()).await?;
+        // Gone, and the Service back to no endpoints, before the next round.
+        let gone = format!("solo-{i}");
+        poll_in(client_ns.clone(), move || {
+            !http_ok(SocketAddr::new(solo_ip, 80)).is_some_and(|b| b.starts_with(&gone))
+        })
+        .await?;
+    }
+    println!("rounds={}", args.rounds);
+    report("service_to_dns", &mut dns);
+    report("service_to_connection", &mut connect);
+    report("ready_to_served", &mut ready);
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn report(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        ms(samples[i])
+    };
+    println!(
+        "{what}_ms p50={:.0} p90={:.0} p99={:.0} max={:.0}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        ms(samples[samples.len() - 1])
+    );
+}
+
+/// The moment a watch shows pod `name` Ready.
+async fn ready_seen(pods: &Api<Pod>, name: &str) -> anyhow::Result<Instant> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = std::pin::pin!(watcher(pods.clone(), config));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("pod never became ready")?
+            .context("watch ended")??;
+        if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event {
+            if svcplane_cluster::pod_ready(&pod) {
+                return Ok(Instant::now());
+            }
+        }
+    }
+}
+
+/// Runs `attempt` every 5 ms on a thread inside network namespace `ns` until it succeeds
+/// (at most 30 s); the moment it first did.
+async fn poll_in(
+    ns: String,
+    attempt: impl Fn() -> bool + Send + 'static,
+) -> anyhow::Result<Instant> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let entered = std::fs::File::open(PathBuf::from("/var/run/netns").join(&ns))
+            .map_err(anyhow::Error::from)
+            .and_then(|f| setns(&f, CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from));
+        let result = entered.and_then(|()| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if attempt() {
+                    return Ok(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            anyhow::bail!("no success within 30 s")
+        });
+        let _ = tx.send(result);
+    });
+    rx.await.context("poller thread ended")?
+}
+
+/// GET / (HTTP/1.0): the body when the answer is 200.
+fn http_ok(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(10)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
+}
+
+/// Asks 10.96.0.10 for `name` A over UDP; true on NOERROR with an answer.
+fn dns_answers(name: &str) -> bool {
+    let Ok(socket) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if socket.send_to(&query, "10.96.0.10:53").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1500];
+    match socket.recv(&mut buf) {
+        Ok(n) if n >= 12 => buf[3] & 0x0f == 0 && u16::from_be_bytes([buf[6], buf[7]]) > 0,
+        _ => false,
+    }
+}
