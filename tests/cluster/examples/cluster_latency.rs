@@ -37,6 +37,10 @@ struct Args {
     bin_dir: PathBuf,
     #[arg(long, default_value = "svbench")]
     prefix: String,
+    /// Measure again with svcplane-proxy's --sync-settle at 0 (kube-proxy's timing): the
+    /// DaemonSet gets SVCPLANE_SYNC_SETTLE=0s and its pods are replaced.
+    #[arg(long)]
+    compare_settle_zero: bool,
 }
 
 #[tokio::main]
@@ -52,12 +56,67 @@ async fn main() -> anyhow::Result<()> {
         |line| eprintln!("cluster: {line}"),
     )
     .await?;
-    let result = measure(&cluster, &args).await;
+    let mut result = measure(&cluster, &args, "").await;
+    if result.is_ok() && args.compare_settle_zero {
+        result = match settle_zero(&cluster).await {
+            Ok(()) => measure(&cluster, &args, "settle0_").await,
+            Err(e) => Err(e),
+        };
+    }
     cluster.stop().await;
     result
 }
 
-async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
+/// Restarts every svcplane-proxy with SVCPLANE_SYNC_SETTLE=0s and waits for them to be ready.
+async fn settle_zero(cluster: &Cluster) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let ds: Api<DaemonSet> = Api::namespaced(cluster.client().clone(), "kube-system");
+    let mut current = ds.get("svcplane-proxy").await?;
+    let pod_spec = current.spec.template.spec.as_mut().context("pod spec")?;
+    pod_spec.containers[0].env.get_or_insert_with(Vec::new).push(
+        serde_json::from_value(json!({"name": "SVCPLANE_SYNC_SETTLE", "value": "0s"}))?,
+    );
+    ds.patch(
+        "svcplane-proxy",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"template": {"spec": {"containers": [current.spec.template.spec.as_ref().context("pod spec")?.containers[0]]}}}})),
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), "kube-system");
+    let old: Vec<String> = pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| n.starts_with("svcplane-proxy-"))
+        .collect();
+    for name in &old {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata.name.as_deref().is_some_and(|n| n.starts_with("svcplane-proxy-") && !old.iter().any(|o| o == n))
+                    && svcplane_cluster::pod_ready(p)
+            })
+            .count();
+        if ready == cluster.nodes().len() {
+            eprintln!("svcplane-proxy restarted with --sync-settle=0s");
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the restarted proxies never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn measure(cluster: &Cluster, args: &Args, label: &str) -> anyhow::Result<()> {
     let client_ns = cluster.names().pod("demo", "client");
     let services: Api<Service> = Api::namespaced(cluster.client().clone(), "demo");
     let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), "demo");
@@ -65,7 +124,7 @@ async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
     let mut connect = Vec::new();
     for i in 0..args.rounds {
         tokio::time::sleep(args.pause).await;
-        let name = format!("lat-{i}");
+        let name = format!("{}lat-{i}", label.replace('_', "-"));
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
@@ -95,9 +154,10 @@ async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
     }
 
     // Pod Ready → first request it serves.
+    let solo_name = format!("{}solo", label.replace('_', "-"));
     let solo: Service = serde_json::from_value(json!({
-        "metadata": {"name": "solo"},
-        "spec": {"selector": {"solo": "yes"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        "metadata": {"name": solo_name},
+        "spec": {"selector": {"solo": solo_name}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
     }))?;
     let solo_ip: std::net::IpAddr = services
         .create(&PostParams::default(), &solo)
@@ -109,9 +169,9 @@ async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
     let mut ready = Vec::new();
     for i in 0..args.rounds {
         tokio::time::sleep(args.pause).await;
-        let name = format!("solo-{i}");
+        let name = format!("{solo_name}-{i}");
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"solo": "yes"}},
+            "metadata": {"name": name, "labels": {"solo": solo_name}},
             "spec": {"containers": [{
                 "name": "web", "image": "svcplane.local/demo-http:1",
                 "ports": [{"name": "http", "containerPort": 8080}],
@@ -131,16 +191,16 @@ async fn measure(cluster: &Cluster, args: &Args) -> anyhow::Result<()> {
         eprintln!("round {i}: ready → served {:.0} ms", ms(latency));
         pods.delete(&name, &DeleteParams::default()).await?;
         // Gone, and the Service back to no endpoints, before the next round.
-        let gone = format!("solo-{i}");
+        let gone = name.clone();
         poll_in(client_ns.clone(), move || {
             !http_ok(SocketAddr::new(solo_ip, 80)).is_some_and(|b| b.starts_with(&gone))
         })
         .await?;
     }
-    println!("rounds={}", args.rounds);
-    report("service_to_dns", &mut dns);
-    report("service_to_connection", &mut connect);
-    report("ready_to_served", &mut ready);
+    println!("{label}rounds={}", args.rounds);
+    report(&format!("{label}service_to_dns"), &mut dns);
+    report(&format!("{label}service_to_connection"), &mut connect);
+    report(&format!("{label}ready_to_served"), &mut ready);
     Ok(())
 }
 
