@@ -357,7 +357,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let wait = match (synced, state.pending() > 0 || retry_at.is_some()) {
             (true, true) => {
                 let earliest = last_sync.map_or_else(Instant::now, |t| t + args.min_sync_period);
-                let earliest = pending_since.map_or(earliest, |p| earliest.max(p + args.sync_settle));
+                let earliest =
+                    pending_since.map_or(earliest, |p| earliest.max(p + args.sync_settle));
                 let at = retry_at.map_or(earliest, |r| r.max(earliest));
                 at.saturating_duration_since(Instant::now())
             }

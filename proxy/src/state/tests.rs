@@ -100,7 +100,10 @@ fn a_sync_that_changes_no_rule_says_it_wrote_nothing() {
     // A not-ready endpoint joins: the rules stay as they are.
     for slice in endpoints(
         "web",
-        &[("10.244.1.5", "node-b", true), ("10.244.2.5", "node-c", false)],
+        &[
+            ("10.244.1.5", "node-b", true),
+            ("10.244.2.5", "node-c", false),
+        ],
     )
     .slices
     {
@@ -113,7 +116,10 @@ fn a_sync_that_changes_no_rule_says_it_wrote_nothing() {
     // The not-ready one turns ready: that is written.
     for slice in endpoints(
         "web",
-        &[("10.244.1.5", "node-b", true), ("10.244.2.5", "node-c", true)],
+        &[
+            ("10.244.1.5", "node-b", true),
+            ("10.244.2.5", "node-c", true),
+        ],
     )
     .slices
     {

@@ -74,9 +74,12 @@ async fn settle_zero(cluster: &Cluster) -> anyhow::Result<()> {
     let ds: Api<DaemonSet> = Api::namespaced(cluster.client().clone(), "kube-system");
     let mut current = ds.get("svcplane-proxy").await?;
     let pod_spec = current.spec.template.spec.as_mut().context("pod spec")?;
-    pod_spec.containers[0].env.get_or_insert_with(Vec::new).push(
-        serde_json::from_value(json!({"name": "SVCPLANE_SYNC_SETTLE", "value": "0s"}))?,
-    );
+    pod_spec.containers[0]
+        .env
+        .get_or_insert_with(Vec::new)
+        .push(serde_json::from_value(
+            json!({"name": "SVCPLANE_SYNC_SETTLE", "value": "0s"}),
+        )?);
     ds.patch(
         "svcplane-proxy",
         &PatchParams::default(),
@@ -103,15 +106,19 @@ async fn settle_zero(cluster: &Cluster) -> anyhow::Result<()> {
             .items
             .into_iter()
             .filter(|p| {
-                p.metadata.name.as_deref().is_some_and(|n| n.starts_with("svcplane-proxy-") && !old.iter().any(|o| o == n))
-                    && svcplane_cluster::pod_ready(p)
+                p.metadata.name.as_deref().is_some_and(|n| {
+                    n.starts_with("svcplane-proxy-") && !old.iter().any(|o| o == n)
+                }) && svcplane_cluster::pod_ready(p)
             })
             .count();
         if ready == cluster.nodes().len() {
             eprintln!("svcplane-proxy restarted with --sync-settle=0s");
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the restarted proxies never became ready");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted proxies never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -233,10 +240,10 @@ async fn ready_seen(pods: &Api<Pod>, name: &str) -> anyhow::Result<Instant> {
             .await
             .context("pod never became ready")?
             .context("watch ended")??;
-        if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event {
-            if svcplane_cluster::pod_ready(&pod) {
-                return Ok(Instant::now());
-            }
+        if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event
+            && svcplane_cluster::pod_ready(&pod)
+        {
+            return Ok(Instant::now());
         }
     }
 }

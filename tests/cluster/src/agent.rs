@@ -467,9 +467,16 @@ impl Agent {
             .filter_map(|n| n.metadata.name.clone())
             .map(|n| (n, 0))
             .collect();
+        // Pods of one owner per node: replicas spread first, as kube-scheduler's default
+        // topology spreading does, then the least-loaded node.
+        let owner = |p: &Pod| p.owner_references().first().map(|o| o.uid.clone());
+        let mut siblings: HashMap<(String, String), usize> = HashMap::new();
         for p in pods.iter().filter(|p| alive(p)) {
             if let Some(n) = node_of(p).and_then(|n| load.get_mut(n)) {
                 *n += 1;
+            }
+            if let (Some(o), Some(n)) = (owner(p), node_of(p)) {
+                *siblings.entry((o, n.to_owned())).or_default() += 1;
             }
         }
         for p in pods {
@@ -481,7 +488,11 @@ impl Agent {
                 .iter()
                 .filter(|n| selects(selector, n) && node_ready(n))
                 .filter_map(|n| n.metadata.name.clone())
-                .min_by_key(|n| (load.get(n).copied().unwrap_or(0), n.clone()))
+                .min_by_key(|n| {
+                    let same =
+                        owner(p).map_or(0, |o| siblings.get(&(o, n.clone())).copied().unwrap_or(0));
+                    (same, load.get(n).copied().unwrap_or(0), n.clone())
+                })
             else {
                 continue;
             };
@@ -504,6 +515,9 @@ impl Agent {
                 )
                 .await
                 .with_context(|| format!("binding pod {ns}/{name} to {node}"))?;
+            if let Some(o) = owner(p) {
+                *siblings.entry((o, node.clone())).or_default() += 1;
+            }
             *load.entry(node).or_default() += 1;
             self.binding.insert(key(p), Instant::now());
         }
@@ -578,7 +592,7 @@ impl Agent {
                     let exited = r
                         .child
                         .as_mut()
-                        .map_or(true, |c| c.try_wait().ok().flatten().is_some());
+                        .is_none_or(|c| c.try_wait().ok().flatten().is_some());
                     if exited && r.started.elapsed() > Duration::from_secs(2) {
                         r.restarts += 1;
                         tracing::warn!(pod = %format!("{ns}/{name}"), restarts = r.restarts, log = %r.log.display(), "agent: container exited; restarting");
