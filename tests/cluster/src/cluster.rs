@@ -219,28 +219,35 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The Deployments in `namespace` with no ready pod (`all`: fewer ready than wanted).
+    async fn unready_deployments(&self, namespace: &str, all: bool) -> anyhow::Result<Vec<String>> {
+        let deployments = Api::<Deployment>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await?;
+        Ok(deployments
+            .items
+            .iter()
+            .filter(|d| {
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                let want = if all { d.spec.replicas.unwrap_or(1) } else { 1 };
+                ready < want
+            })
+            .filter_map(|d| d.metadata.name.clone())
+            .collect())
+    }
+
     /// Waits until every svcplane Deployment has a ready pod and every node's proxy is ready.
     async fn wait_components(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let deployments = Api::<Deployment>::namespaced(self.client.clone(), "kube-system")
-                .list(&ListParams::default())
-                .await?;
             let daemonsets = Api::<DaemonSet>::namespaced(self.client.clone(), "kube-system")
                 .list(&ListParams::default())
                 .await?;
-            let mut waiting: Vec<String> = deployments
-                .items
-                .iter()
-                .filter(|d| {
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                        < 1
-                })
-                .filter_map(|d| d.metadata.name.clone())
-                .collect();
+            let mut waiting = self.unready_deployments("kube-system", false).await?;
             waiting.extend(
                 daemonsets
                     .items
@@ -272,21 +279,7 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let last;
-            let deployments = Api::<Deployment>::namespaced(self.client.clone(), "demo")
-                .list(&ListParams::default())
-                .await?;
-            let unready: Vec<String> = deployments
-                .items
-                .iter()
-                .filter(|d| {
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                        < d.spec.replicas.unwrap_or(1)
-                })
-                .filter_map(|d| d.metadata.name.clone())
-                .collect();
+            let unready = self.unready_deployments("demo", true).await?;
             let client_up = Api::<Pod>::namespaced(self.client.clone(), "demo")
                 .get_opt("client")
                 .await?

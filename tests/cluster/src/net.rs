@@ -116,9 +116,16 @@ pub fn write_resolv_conf(ns: &str, contents: &str) -> anyhow::Result<()> {
     std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// `ip -n <ns> …`.
+async fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend_from_slice(args);
+    sh(&all).await
+}
+
 async fn add_namespace(ns: &str) -> anyhow::Result<()> {
     sh(&["ip", "netns", "add", ns]).await?;
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await?;
+    ip_in(ns, &["link", "set", "lo", "up"]).await?;
     Ok(())
 }
 
@@ -131,22 +138,22 @@ async fn sysctl(ns: &str, setting: &str) -> anyhow::Result<()> {
 pub async fn add_lan(names: &Names) -> anyhow::Result<()> {
     let lan = names.lan();
     add_namespace(&lan).await?;
-    sh(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"]).await?;
-    sh(&["ip", "-n", &lan, "link", "set", "br0", "up"]).await?;
+    ip_in(&lan, &["link", "add", "br0", "type", "bridge"]).await?;
+    ip_in(&lan, &["link", "set", "br0", "up"]).await?;
     let ext = names.external();
     add_namespace(&ext).await?;
     join_lan(names, &ext, "ext", EXTERNAL_IP).await?;
     // A load balancer in front of the nodes: LoadBalancer IPs go to node 1.
-    sh(&[
-        "ip",
-        "-n",
+    ip_in(
         &ext,
-        "route",
-        "add",
-        LOAD_BALANCER_CIDR,
-        "via",
-        &node_ip(1).to_string(),
-    ])
+        &[
+            "route",
+            "add",
+            LOAD_BALANCER_CIDR,
+            "via",
+            &node_ip(1).to_string(),
+        ],
+    )
     .await?;
     Ok(())
 }
@@ -154,24 +161,16 @@ pub async fn add_lan(names: &Names) -> anyhow::Result<()> {
 /// Plugs `ns` into the LAN bridge with `ip`/24 on its `uplink`.
 async fn join_lan(names: &Names, ns: &str, port: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
     let lan = names.lan();
-    sh(&[
-        "ip", "-n", &lan, "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns",
-        ns,
-    ])
+    ip_in(
+        &lan,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "uplink", "netns", ns,
+        ],
+    )
     .await?;
-    sh(&["ip", "-n", &lan, "link", "set", port, "master", "br0", "up"]).await?;
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{ip}/24"),
-        "dev",
-        "uplink",
-    ])
-    .await?;
-    sh(&["ip", "-n", ns, "link", "set", "uplink", "up"]).await?;
+    ip_in(&lan, &["link", "set", port, "master", "br0", "up"]).await?;
+    ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", "uplink"]).await?;
+    ip_in(ns, &["link", "set", "uplink", "up"]).await?;
     Ok(())
 }
 
@@ -187,28 +186,22 @@ pub async fn add_node(names: &Names, node: &str, n: usize, count: usize) -> anyh
     }
     join_lan(names, &ns, &format!("n{n}"), node_ip(n)).await?;
     for other in (1..=count).filter(|&o| o != n) {
-        sh(&[
-            "ip",
-            "-n",
+        ip_in(
             &ns,
-            "route",
-            "add",
-            &format!("10.244.{other}.0/24"),
-            "via",
-            &node_ip(other).to_string(),
-        ])
+            &[
+                "route",
+                "add",
+                &format!("10.244.{other}.0/24"),
+                "via",
+                &node_ip(other).to_string(),
+            ],
+        )
         .await?;
     }
-    sh(&[
-        "ip",
-        "-n",
+    ip_in(
         &ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        &EXTERNAL_IP.to_string(),
-    ])
+        &["route", "add", "default", "via", &EXTERNAL_IP.to_string()],
+    )
     .await?;
     Ok(())
 }
@@ -226,53 +219,31 @@ pub async fn add_pod(
     let gateway = Ipv4Addr::new(10, 244, n8, 1).to_string();
     let ip = Ipv4Addr::new(10, 244, n8, host);
     add_namespace(ns).await?;
-    sh(&[
-        "ip", "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-        ns,
-    ])
-    .await?;
-    sh(&[
-        "ip",
-        "-n",
+    ip_in(
         node_ns,
-        "addr",
-        "add",
-        &format!("{gateway}/32"),
-        "dev",
-        veth,
-    ])
+        &[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )
     .await?;
-    sh(&["ip", "-n", node_ns, "link", "set", veth, "up"]).await?;
-    sh(&[
-        "ip",
-        "-n",
+    ip_in(
         node_ns,
-        "route",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        veth,
-    ])
+        &["addr", "add", &format!("{gateway}/32"), "dev", veth],
+    )
     .await?;
-    sh(&[
-        "ip",
-        "-n",
+    ip_in(node_ns, &["link", "set", veth, "up"]).await?;
+    ip_in(node_ns, &["route", "add", &format!("{ip}/32"), "dev", veth]).await?;
+    ip_in(ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"]).await?;
+    ip_in(ns, &["link", "set", "eth0", "up"]).await?;
+    ip_in(
         ns,
-        "addr",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        "eth0",
-    ])
+        &["route", "add", &gateway, "dev", "eth0", "scope", "link"],
+    )
     .await?;
-    sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]).await?;
-    sh(&[
-        "ip", "-n", ns, "route", "add", &gateway, "dev", "eth0", "scope", "link",
-    ])
-    .await?;
-    sh(&[
-        "ip", "-n", ns, "route", "add", "default", "via", &gateway, "dev", "eth0",
-    ])
+    ip_in(
+        ns,
+        &["route", "add", "default", "via", &gateway, "dev", "eth0"],
+    )
     .await?;
     Ok(ip)
 }
