@@ -28,6 +28,9 @@ pub const COMPONENTS: [&str; 4] = [
     "svcplane-proxy",
 ];
 
+/// The file in the state directory naming the control plane's directory.
+const CONTROL_PLANE_DIR: &str = "control-plane-dir";
+
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -119,6 +122,14 @@ impl Cluster {
             ));
         }
         let state_dir = std::env::temp_dir().join(format!("svcplane-cluster-{}", options.prefix));
+        // A killed run's control-plane directory (etcd's data, ~120 MB): its processes ended
+        // with it (their lifeline), so the files can go.
+        if let Ok(dir) = std::fs::read_to_string(state_dir.join(CONTROL_PLANE_DIR)) {
+            let dir = PathBuf::from(dir.trim());
+            if dir.starts_with(std::env::temp_dir()) && dir.join("kubeconfig").is_file() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -137,6 +148,10 @@ impl Cluster {
         })
         .await
         .context("starting the control plane")?;
+        std::fs::write(
+            state_dir.join(CONTROL_PLANE_DIR),
+            env.dir().display().to_string(),
+        )?;
         progress(&format!(
             "control plane up in {:.1}s: {}",
             started.elapsed().as_secs_f64(),

@@ -455,6 +455,9 @@ async fn a_start_after_sigkill_cleans_up_and_ctrl_c_removes_everything() {
     let _ = first.wait();
     let left = ours(&prefix);
     assert!(left.len() >= 3, "a SIGKILL leaves the namespaces: {left:?}");
+    let state = std::env::temp_dir().join(format!("svcplane-cluster-{prefix}"));
+    let killed_control_plane = std::fs::read_to_string(state.join("control-plane-dir"))
+        .expect("the state directory names the control plane's");
 
     let mut second = start();
     tokio::task::block_in_place(|| wait_up(&mut second));
@@ -477,6 +480,11 @@ async fn a_start_after_sigkill_cleans_up_and_ctrl_c_removes_everything() {
         Vec::<String>::new(),
         "namespaces left after Ctrl-C"
     );
+    assert!(
+        !Path::new(killed_control_plane.trim()).exists(),
+        "the killed run's control-plane directory is left: {killed_control_plane}"
+    );
+    assert!(!state.exists(), "the state directory is left after Ctrl-C");
 }
 
 fn nix_kill(pid: u32, signal: &str) {
