@@ -293,6 +293,14 @@ async fn traffic_reaches_ready_pods_only() {
             .pod_http("kube-system", &name, 9090, "/metrics")
             .await
             .unwrap_or_default();
+        // The webhook speaks only TLS: plain HTTP gets no HTTP answer.
+        let plain = cluster
+            .pod_http("kube-system", &name, 9443, "/mutate-services")
+            .await;
+        assert!(
+            plain.is_err(),
+            "{name} answered plain HTTP on 9443: {plain:?}"
+        );
         patched += metrics
             .lines()
             .filter(|l| {
