@@ -119,6 +119,9 @@ pub struct Agent {
     /// Pods (by uid) bound whose binding the store may not show yet.
     binding: HashMap<String, Instant>,
     node_relays: HashMap<usize, ApiRelay>,
+    /// Pods in their grace period (by uid): node and address, until their namespace is gone.
+    terminating: Arc<std::sync::Mutex<HashMap<String, (usize, Option<u8>)>>>,
+    terminations: tokio::task::JoinSet<()>,
     kubeconfigs: HashMap<(String, String), PathBuf>,
     next_veth: usize,
     rng: svcplane_testenv::rng::Rng,
@@ -183,6 +186,8 @@ impl Agent {
             deleting: HashMap::new(),
             binding: HashMap::new(),
             node_relays: HashMap::new(),
+            terminating: Arc::default(),
+            terminations: tokio::task::JoinSet::new(),
             kubeconfigs: HashMap::new(),
             next_veth: 0,
             rng: svcplane_testenv::rng::Rng::new(seed),
@@ -224,8 +229,11 @@ impl Agent {
         let stops = all
             .into_iter()
             .filter_map(|uid| self.running.remove(&uid))
-            .map(stop_pod);
+            .map(|r| stop_pod(r, SHUTDOWN_GRACE));
         futures::future::join_all(stops).await;
+        // Pods still in their grace period are killed (dropping their task kills the process);
+        // the cluster removes their namespaces.
+        self.terminations.abort_all();
         self.node_relays.clear();
     }
 
@@ -537,9 +545,10 @@ impl Agent {
             .collect();
         for uid in gone {
             if let Some(r) = self.running.remove(&uid) {
-                stop_pod(r).await;
+                stop_pod(r, SHUTDOWN_GRACE).await;
             }
         }
+        while self.terminations.try_join_next().is_some() {}
         for p in pods {
             let Some(uid) = p.metadata.uid.clone() else {
                 continue;
@@ -554,9 +563,37 @@ impl Agent {
                 p.metadata.name.clone().unwrap_or_default(),
             );
             if p.metadata.deletion_timestamp.is_some() {
-                // Terminating: stop it, then confirm the deletion as a kubelet does.
+                // Terminating: SIGTERM, the grace period to exit (the API's
+                // deletionGracePeriodSeconds, else the pod's terminationGracePeriodSeconds),
+                // then confirm the deletion as a kubelet does. In the background: the grace
+                // period is the pod's (svcplane-dns answers through its lameduck meanwhile).
+                if self.terminating.lock().is_ok_and(|t| t.contains_key(&uid)) {
+                    continue;
+                }
                 if let Some(r) = self.running.remove(&uid) {
-                    stop_pod(r).await;
+                    let grace = p
+                        .metadata
+                        .deletion_grace_period_seconds
+                        .or(p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds))
+                        .unwrap_or(30);
+                    let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+                    if let Ok(mut t) = self.terminating.lock() {
+                        t.insert(uid.clone(), (r.node, r.host));
+                    }
+                    let (client, terminating) = (self.client.clone(), self.terminating.clone());
+                    self.terminations.spawn(async move {
+                        stop_pod(r, grace).await;
+                        if let Err(error) = kubelet::delete_pod(&client, &ns, &name).await {
+                            tracing::debug!(%error, pod = %name, "agent: deleting a terminated pod");
+                        }
+                        if let Ok(mut t) = terminating.lock() {
+                            t.remove(&uid);
+                        }
+                    });
+                    continue;
                 }
                 if !self.deleting.contains_key(&format!("confirm {uid}")) {
                     if let Err(error) = kubelet::delete_pod(&self.client, &ns, &name).await {
@@ -639,12 +676,20 @@ impl Agent {
         let (netns, host, ip) = if host_network {
             (info.ns.clone(), None, net::node_ip(info.n))
         } else {
-            let used: HashSet<u8> = self
+            // Addresses of terminating pods stay taken until their namespace is gone.
+            let mut used: HashSet<u8> = self
                 .running
                 .values()
                 .filter(|r| r.node == node)
                 .filter_map(|r| r.host)
                 .collect();
+            if let Ok(t) = self.terminating.lock() {
+                used.extend(
+                    t.values()
+                        .filter(|(n, _)| *n == node)
+                        .filter_map(|(_, h)| *h),
+                );
+            }
             let host = (2..=254u8)
                 .find(|h| !used.contains(h))
                 .context("node is out of pod addresses")?;
@@ -840,8 +885,11 @@ fn spawn(
     Ok(child)
 }
 
-/// Stops a pod: SIGTERM, up to 2 s to exit, then SIGKILL; its namespace goes with it.
-async fn stop_pod(mut r: Running) {
+/// How long pods get to exit when the whole cluster stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops a pod: SIGTERM, up to `grace` to exit, then SIGKILL; its namespace goes with it.
+async fn stop_pod(mut r: Running, grace: Duration) {
     if let Some(p) = r.prober.take() {
         p.abort();
     }
@@ -852,10 +900,7 @@ async fn stop_pod(mut r: Running) {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        if tokio::time::timeout(Duration::from_secs(2), child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
             let _ = child.kill().await;
         }
     }

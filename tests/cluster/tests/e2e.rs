@@ -4,7 +4,7 @@
 //! namespaces: `dig @10.96.0.10`, `curl` to a ClusterIP, a NodePort and a LoadBalancer IP.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,51 +13,12 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use svcplane_cluster::{Cluster, Options};
+use svcplane_cluster::Cluster;
 use svcplane_testenv::wait::eventually;
 
-/// Where cargo put this package's binary; the components are next to it (`tests/run` builds
-/// them first).
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_svcplane-cluster"))
-        .parent()
-        .expect("target directory")
-        .to_owned();
-    for c in svcplane_cluster::COMPONENTS {
-        assert!(
-            dir.join(c).is_file(),
-            "{c} is not built in {}: run tests/run, or `cargo build --workspace --bins` first",
-            dir.display()
-        );
-    }
-    dir
-}
+mod common;
 
-fn require_root() {
-    if let Err(why) = svcplane_testenv::netns::can_make_namespaces() {
-        panic!("these tests need root with `ip netns` and `nft` (CI runs as root): {why}");
-    }
-}
-
-/// A prefix no other test (or person) uses.
-fn prefix(test: &str) -> String {
-    format!("sve{}{test}", std::process::id() % 100_000)
-}
-
-async fn start(test: &str) -> Cluster {
-    require_root();
-    Cluster::start(
-        Options {
-            nodes: 2,
-            prefix: prefix(test),
-            bin_dir: bin_dir(),
-            demo: true,
-        },
-        |line| eprintln!("cluster: {line}"),
-    )
-    .await
-    .expect("the local cluster starts")
-}
+use common::{bin_dir, prefix, require_root, start};
 
 async fn dig(cluster: &Cluster, args: &[&str]) -> String {
     let mut command = vec!["dig", "@10.96.0.10", "+time=2", "+tries=1"];
