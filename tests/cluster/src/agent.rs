@@ -100,6 +100,9 @@ impl Drop for Running {
     }
 }
 
+/// Pods in their grace period, by uid: their node and address.
+type Terminating = Arc<std::sync::Mutex<HashMap<String, (usize, Option<u8>)>>>;
+
 /// The agent: watches, and reconciles on every change and every second.
 pub struct Agent {
     client: Client,
@@ -120,7 +123,7 @@ pub struct Agent {
     binding: HashMap<String, Instant>,
     node_relays: HashMap<usize, ApiRelay>,
     /// Pods in their grace period (by uid): node and address, until their namespace is gone.
-    terminating: Arc<std::sync::Mutex<HashMap<String, (usize, Option<u8>)>>>,
+    terminating: Terminating,
     terminations: tokio::task::JoinSet<()>,
     kubeconfigs: HashMap<(String, String), PathBuf>,
     next_veth: usize,
