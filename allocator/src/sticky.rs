@@ -100,19 +100,22 @@ impl Sticky {
         let owner = Owner::new(r.namespace.as_str(), r.name.as_str());
         self.entries.insert(owner, r);
         if self.entries.len() > self.max_entries {
-            // Oldest out first.
-            let mut by_age: Vec<(u64, Owner)> = self
-                .entries
-                .iter()
-                .map(|(o, r)| (r.deleted_at, o.clone()))
-                .collect();
-            by_age.sort();
-            let extra = self.entries.len() - self.max_entries;
-            for (_, o) in by_age.into_iter().take(extra) {
-                self.entries.remove(&o);
-            }
+            self.forget_oldest(self.entries.len() - self.max_entries);
         }
         self.dirty = true;
+    }
+
+    /// Forgets the `n` entries deleted longest ago.
+    fn forget_oldest(&mut self, n: usize) {
+        let mut by_age: Vec<(u64, Owner)> = self
+            .entries
+            .iter()
+            .map(|(o, r)| (r.deleted_at, o.clone()))
+            .collect();
+        by_age.sort();
+        for (_, o) in by_age.into_iter().take(n) {
+            self.entries.remove(&o);
+        }
     }
 
     /// What `owner` held when it was deleted, if that was within the retention window.
@@ -161,21 +164,13 @@ impl Sticky {
                 return Some(doc);
             }
             // Drop the oldest tenth (at least one) and try again.
-            let mut by_age: Vec<(u64, Owner)> = self
-                .entries
-                .iter()
-                .map(|(o, r)| (r.deleted_at, o.clone()))
-                .collect();
-            by_age.sort();
-            let drop = (by_age.len() / 10).max(1);
+            let drop = (self.entries.len() / 10).max(1);
             tracing::warn!(
                 entries = self.entries.len(),
                 dropped = drop,
                 "the sticky memory outgrew its ConfigMap; forgetting the oldest"
             );
-            for (_, o) in by_age.into_iter().take(drop) {
-                self.entries.remove(&o);
-            }
+            self.forget_oldest(drop);
         }
     }
 
