@@ -9,7 +9,7 @@
 //! create (or from the watch event that shows Ready) to the first success.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,6 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
-use nix::sched::{CloneFlags, setns};
 use serde_json::json;
 use svcplane_cluster::{Cluster, Options};
 
@@ -144,7 +143,9 @@ async fn measure(cluster: &Cluster, args: &Args, label: &str) -> anyhow::Result<
             .context("clusterIP")?
             .parse()?;
         let fqdn = format!("{name}.demo.svc.cluster.local");
-        let dns_poll = poll_in(client_ns.clone(), move || dns_answers(&fqdn));
+        let dns_poll = poll_in(client_ns.clone(), move || {
+            svcplane_cluster::probe::dns_a(&fqdn, Duration::from_millis(50)).is_ok()
+        });
         let http_poll = poll_in(client_ns.clone(), move || {
             http_ok(SocketAddr::new(ip, 80)).is_some()
         });
@@ -256,9 +257,7 @@ async fn poll_in(
 ) -> anyhow::Result<Instant> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let entered = std::fs::File::open(PathBuf::from("/var/run/netns").join(&ns))
-            .map_err(anyhow::Error::from)
-            .and_then(|f| setns(&f, CloneFlags::CLONE_NEWNET).map_err(anyhow::Error::from));
+        let entered = svcplane_testenv::netns::enter(&ns).map_err(anyhow::Error::from);
         let result = entered.and_then(|()| {
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
@@ -283,26 +282,4 @@ fn http_ok(addr: SocketAddr) -> Option<String> {
     s.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
-}
-
-/// Asks 10.96.0.10 for `name` A over UDP; true on NOERROR with an answer.
-fn dns_answers(name: &str) -> bool {
-    let Ok(socket) = UdpSocket::bind("0.0.0.0:0") else {
-        return false;
-    };
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    if socket.send_to(&query, "10.96.0.10:53").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 1500];
-    match socket.recv(&mut buf) {
-        Ok(n) if n >= 12 => buf[3] & 0x0f == 0 && u16::from_be_bytes([buf[6], buf[7]]) > 0,
-        _ => false,
-    }
 }

@@ -313,7 +313,7 @@ impl Agent {
                 owned.sort_by_key(|p| {
                     (
                         p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some(),
-                        is_ready(p),
+                        crate::pod_ready(p),
                         std::cmp::Reverse(p.metadata.creation_timestamp.clone().map(|t| t.0)),
                     )
                 });
@@ -323,7 +323,7 @@ impl Agent {
                     self.deleting.insert(key(p), Instant::now());
                 }
             }
-            let ready = owned.iter().filter(|p| is_ready(p)).count();
+            let ready = owned.iter().filter(|p| crate::pod_ready(p)).count();
             let status = json!({
                 "observedGeneration": d.metadata.generation,
                 "replicas": owned.len(),
@@ -391,7 +391,7 @@ impl Agent {
                     .filter(|p| owned_by(p, &uid) && alive(p) && node_of(p) == Some(node.as_str()))
                     .collect();
                 scheduled += usize::from(!mine.is_empty());
-                ready += mine.iter().filter(|p| is_ready(p)).count().min(1);
+                ready += mine.iter().filter(|p| crate::pod_ready(p)).count().min(1);
                 let creating = self
                     .creating
                     .get(&uid)
@@ -1115,13 +1115,6 @@ fn alive(p: &Pod) -> bool {
             p.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn node_ready(n: &Node) -> bool {

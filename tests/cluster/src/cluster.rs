@@ -329,18 +329,12 @@ impl Cluster {
         pod: &str,
         command: &[&str],
     ) -> anyhow::Result<String> {
-        let ns = self.names.pod(namespace, pod);
-        let mut args = vec!["ip", "netns", "exec", ns.as_str()];
-        args.extend_from_slice(command);
-        net::sh(&args).await
+        exec_in(&self.names.pod(namespace, pod), command).await
     }
 
     /// Runs a command in the external host's namespace.
     pub async fn exec_external(&self, command: &[&str]) -> anyhow::Result<String> {
-        let ns = self.names.external();
-        let mut args = vec!["ip", "netns", "exec", ns.as_str()];
-        args.extend_from_slice(command);
-        net::sh(&args).await
+        exec_in(&self.names.external(), command).await
     }
 
     /// An admin client.
@@ -396,6 +390,12 @@ impl Cluster {
     }
 }
 
+async fn exec_in(ns: &str, command: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["ip", "netns", "exec", ns];
+    args.extend_from_slice(command);
+    net::sh(&args).await
+}
+
 impl Drop for Cluster {
     /// The last resort (a panic, an error during start): kill what runs in our namespaces and
     /// delete them, synchronously.
@@ -404,32 +404,6 @@ impl Drop for Cluster {
             stop.send_replace(true);
             task.abort();
         }
-        let prefix = format!("{}-", self.names.prefix);
-        let Ok(out) = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-        else {
-            return;
-        };
-        for ns in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&prefix))
-        {
-            if let Ok(pids) = std::process::Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", pid])
-                        .status();
-                }
-            }
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-            let _ = std::fs::remove_dir_all(net::etc_netns(ns));
-        }
+        net::remove_leftovers_now(&self.names.prefix);
     }
 }

@@ -13,6 +13,7 @@ mod cluster;
 pub mod demo;
 pub mod egress;
 pub mod net;
+pub mod probe;
 
 pub use cluster::{COMPONENTS, Cluster, Options, deploy_dir, deploy_manifests};
 

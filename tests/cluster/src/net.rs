@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use nix::sched::{CloneFlags, setns};
+pub use svcplane_testenv::netns::connect_in;
 
 /// The LAN address of node `n` (1-based).
 pub fn node_ip(n: usize) -> Ipv4Addr {
@@ -76,31 +76,54 @@ impl Names {
 
 /// Removes what an earlier run with this prefix left behind (after a SIGKILL): kills every
 /// process still inside one of its namespaces, then deletes the namespaces and their
-/// /etc/netns files. Returns how many namespaces it removed.
-pub async fn remove_leftovers(prefix: &str) -> anyhow::Result<usize> {
-    let list = sh(&["ip", "netns", "list"]).await?;
-    let mine: Vec<String> = list
+/// /etc/netns files. Returns how many namespaces it removed. Blocking (a few `ip` runs per
+/// namespace), so it also serves `Drop`; see [`remove_leftovers`].
+pub fn remove_leftovers_now(prefix: &str) -> usize {
+    let Ok(list) = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+    else {
+        return 0;
+    };
+    let mine: Vec<String> = String::from_utf8_lossy(&list.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with(&format!("{prefix}-")))
         .map(str::to_owned)
         .collect();
     for ns in &mine {
-        remove_namespace(ns).await;
+        remove_namespace_now(ns);
     }
-    Ok(mine.len())
+    mine.len()
 }
 
 /// Kills the processes in `ns`, deletes it and its /etc/netns directory. Errors are ignored:
-/// this is clean-up, and a second pass (the next start) repeats it.
-pub async fn remove_namespace(ns: &str) {
-    if let Ok(pids) = sh(&["ip", "netns", "pids", ns]).await {
-        for pid in pids.split_whitespace() {
-            let _ = sh(&["kill", "-9", pid]).await;
+/// this is clean-up, and a second pass (the next start) repeats it. Blocking.
+pub fn remove_namespace_now(ns: &str) {
+    let run = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+    };
+    if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = run(&["kill", "-9", pid]);
         }
     }
-    let _ = sh(&["ip", "netns", "del", ns]).await;
+    let _ = run(&["ip", "netns", "del", ns]);
     let _ = std::fs::remove_dir_all(etc_netns(ns));
+}
+
+/// [`remove_leftovers_now`] off the runtime's threads.
+pub async fn remove_leftovers(prefix: &str) -> anyhow::Result<usize> {
+    let prefix = prefix.to_owned();
+    Ok(tokio::task::spawn_blocking(move || remove_leftovers_now(&prefix)).await?)
+}
+
+/// [`remove_namespace_now`] off the runtime's threads.
+pub async fn remove_namespace(ns: &str) {
+    let ns = ns.to_owned();
+    let _ = tokio::task::spawn_blocking(move || remove_namespace_now(&ns)).await;
 }
 
 /// `ip netns exec` bind-mounts the files here over /etc: a pod's resolv.conf.
@@ -246,32 +269,6 @@ pub async fn add_pod(
     )
     .await?;
     Ok(ip)
-}
-
-/// Connects to `addr` from inside network namespace `ns`. The socket is made on a thread of
-/// its own that enters the namespace and then ends, so no thread of the runtime ever changes
-/// namespace.
-pub async fn connect_in(
-    ns: &str,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let path = PathBuf::from("/var/run/netns").join(ns);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let made = (|| -> std::io::Result<std::net::TcpStream> {
-            let handle = std::fs::File::open(&path)?;
-            setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-            stream.set_nonblocking(true)?;
-            Ok(stream)
-        })();
-        let _ = tx.send(made);
-    });
-    let stream = rx
-        .await
-        .map_err(|_| std::io::Error::other("netns thread ended"))??;
-    tokio::net::TcpStream::from_std(stream)
 }
 
 /// GET `path` from `addr` inside `ns`: the status code and body. For probes and checks; the

@@ -10,15 +10,13 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams};
-use nix::sched::{CloneFlags, setns};
 use svcplane_cluster::Cluster;
 use svcplane_testenv::wait::eventually;
 
@@ -51,8 +49,7 @@ fn load_in(
     mut attempt: impl FnMut() -> Result<(), String> + Send + 'static,
 ) -> std::thread::JoinHandle<Tally> {
     std::thread::spawn(move || {
-        let f = std::fs::File::open(PathBuf::from("/var/run/netns").join(&ns)).expect("netns");
-        setns(&f, CloneFlags::CLONE_NEWNET).expect("setns");
+        svcplane_testenv::netns::enter(&ns).expect("enter the pod's namespace");
         let mut tally = Tally::default();
         // Bounded: at most 10 minutes, whatever happens to `stop`.
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -62,36 +59,6 @@ fn load_in(
         }
         tally
     })
-}
-
-/// One A query for `name` to 10.96.0.10 from a fresh socket (a new source port, as stub
-/// resolvers use): NOERROR with an answer within 2 s.
-fn query(name: &str) -> Result<(), String> {
-    let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    let mut q = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(u8::try_from(label.len()).map_err(|e| e.to_string())?);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    socket
-        .send_to(&q, "10.96.0.10:53")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut buf = [0u8; 1500];
-    let n = socket
-        .recv(&mut buf)
-        .map_err(|e| format!("no answer: {e}"))?;
-    if n < 12 || buf[3] & 0x0f != 0 || u16::from_be_bytes([buf[6], buf[7]]) == 0 {
-        return Err(format!(
-            "rcode {} answers {}",
-            buf[3] & 0x0f,
-            u16::from_be_bytes([buf[6], buf[7]])
-        ));
-    }
-    Ok(())
 }
 
 /// One HTTP/1.1 request on a kept-alive connection; the body.
@@ -181,7 +148,7 @@ async fn a_rolling_restart_of_dns_fails_no_query() {
     let stop = Arc::new(AtomicBool::new(false));
     let client_ns = cluster.names().pod("demo", "client");
     let load = load_in(client_ns, stop.clone(), || {
-        query("web.demo.svc.cluster.local")
+        svcplane_cluster::probe::dns_a("web.demo.svc.cluster.local", Duration::from_secs(2))
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     // One replica at a time, each through its lameduck (5 s) while its replacement starts.

@@ -14,22 +14,59 @@ use nix::sched::{CloneFlags, setns};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-/// Binds a TCP listener on `addr` inside network namespace `ns` (made with `ip netns add`).
-/// The socket belongs to that namespace for good; the thread that made it exits.
-pub fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let path = PathBuf::from("/var/run/netns").join(ns);
+/// Moves the calling thread into network namespace `ns` (made with `ip netns add`): sockets it
+/// makes from then on belong to that namespace. Only for a thread of one's own that ends
+/// afterwards (never a runtime's worker or blocking thread); see [`on_thread_in`].
+pub fn enter(ns: &str) -> std::io::Result<()> {
+    let handle = File::open(PathBuf::from("/var/run/netns").join(ns))?;
+    setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+/// Runs `f` on a new thread inside network namespace `ns` and returns what it returned; the
+/// thread ends with it, so no other code ever runs in the namespace by accident.
+pub fn on_thread_in<T: Send>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let handle = File::open(&path)?;
-                setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                let listener = std::net::TcpListener::bind(addr)?;
-                listener.set_nonblocking(true)?;
-                Ok(listener)
+                enter(ns)?;
+                f()
             })
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("netns thread panicked")))
     })
+}
+
+/// Binds a TCP listener on `addr` inside network namespace `ns`. The socket belongs to that
+/// namespace for good; the thread that made it exits.
+pub fn bind_in(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    on_thread_in(ns, || {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+}
+
+/// Connects to `addr` from inside network namespace `ns` (on a thread of its own, see
+/// [`on_thread_in`]); the stream, non-blocking, for tokio.
+pub async fn connect_in(
+    ns: &str,
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<TcpStream> {
+    let ns = ns.to_owned();
+    let stream = tokio::task::spawn_blocking(move || {
+        on_thread_in(&ns, || {
+            let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    TcpStream::from_std(stream)
 }
 
 /// The API server reachable at 127.0.0.1:`port` inside a namespace. Dropping it stops relaying.
