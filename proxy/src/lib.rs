@@ -12,6 +12,7 @@
 pub mod conntrack;
 pub mod healthcheck;
 pub mod metrics;
+pub mod monitor;
 pub mod nft;
 pub mod plan;
 pub mod render;

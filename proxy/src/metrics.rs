@@ -18,6 +18,7 @@ pub struct Metrics {
     conntrack_deleted: IntCounter,
     conntrack_failures: IntCounter,
     no_local: IntGaugeVec,
+    foreign_changes: IntCounter,
 }
 
 impl Metrics {
@@ -69,7 +70,12 @@ impl Metrics {
                 ),
                 &["traffic_policy"],
             )?,
+            foreign_changes: IntCounter::new(
+                "svcplane_proxy_foreign_changes_total",
+                "Batches another process committed to svcplane-proxy's tables (each answered by a full sync), and restarts of the nft monitor that watches for them.",
+            )?,
         };
+        registry.register(Box::new(m.foreign_changes.clone()))?;
         registry.register(Box::new(m.no_local.clone()))?;
         registry.register(Box::new(m.conntrack_deleted.clone()))?;
         registry.register(Box::new(m.conntrack_failures.clone()))?;
@@ -121,6 +127,10 @@ impl Metrics {
                 .with_label_values(&[policy])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    pub fn foreign_change(&self) {
+        self.foreign_changes.inc();
     }
 
     pub fn services(&self, n: usize) {

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::monitor::{Monitor, Notice, OwnPids};
+
 /// Why a transaction was not applied (nothing of it was: `nft -f` is all or nothing).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +49,8 @@ pub struct NftCli {
     /// Arguments before nft's own: with `ip` as the binary, `netns exec <ns> nft` runs it in a
     /// network namespace (tests).
     leading: Vec<String>,
+    /// The pids of the `nft` processes run here, so the monitor knows our own commits.
+    own: OwnPids,
 }
 
 impl NftCli {
@@ -52,7 +58,19 @@ impl NftCli {
         Self {
             binary: binary.into(),
             leading: Vec::new(),
+            own: OwnPids::default(),
         }
+    }
+
+    /// Follows `nft monitor` in the same namespace, reporting changes other processes make
+    /// to the svcplane tables (see [`crate::monitor`]).
+    pub fn monitor(&self) -> std::io::Result<(Monitor, UnboundedReceiver<Notice>)> {
+        Monitor::start(
+            self.binary.clone(),
+            self.leading.clone(),
+            crate::render::TABLE,
+            self.own.clone(),
+        )
     }
 
     /// `nft` inside network namespace `ns` (through `ip netns exec`).
@@ -60,6 +78,7 @@ impl NftCli {
         Self {
             binary: "ip".into(),
             leading: vec!["netns".into(), "exec".into(), ns.into(), "nft".into()],
+            own: OwnPids::default(),
         }
     }
 
@@ -80,6 +99,7 @@ impl NftCli {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_error)?;
+        self.own.record(child.id());
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A write error shows up as nft's own failure below.
             let _ = pipe.write_all(text.as_bytes());

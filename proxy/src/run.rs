@@ -24,6 +24,7 @@ use svcplane_runtime::{
 use crate::conntrack::ConntrackCli;
 use crate::healthcheck::{self, ProxyHealth, ProxyHealthServer, ServiceHealthServer};
 use crate::metrics::Metrics;
+use crate::monitor::Notice;
 use crate::nft::{Nft, NftCli};
 use crate::plan::{DetectLocal, NodePortAddresses};
 use crate::render;
@@ -265,6 +266,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
         FAMILIES.map(|family| ServiceHealthServer::new(family, None, proxy_health.clone()));
     let events = Events::new(client.clone(), "svcplane-proxy", node_name.clone());
 
+    // Changes other processes make to our tables (a flush, a deleted rule) are repaired by
+    // a full sync as soon as they are committed.
+    let (_monitor, mut foreign) = match nft.monitor() {
+        Ok((monitor, rx)) => (Some(monitor), rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "nft monitor did not start; changes others make to the tables are repaired only by the hourly full sync");
+            (None, tokio::sync::mpsc::unbounded_channel().1)
+        }
+    };
     let conntrack = ConntrackCli::new(&args.conntrack_binary);
     let mut state = State::new(
         settings,
@@ -362,10 +372,25 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 let at = retry_at.map_or(earliest, |r| r.max(earliest));
                 at.saturating_duration_since(Instant::now())
             }
-            _ => Duration::from_secs(3600),
+            _ => state
+                .full_sync_due()
+                .map_or(Duration::from_secs(3600), |t| {
+                    t.saturating_duration_since(Instant::now())
+                }),
         };
         tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => break,
+            Some(notice) = foreign.recv() => {
+                match &notice {
+                    Notice::Changed { pid, command, event } => tracing::warn!(pid, command = %command, event = %event, "another process changed svcplane-proxy's tables; restoring them with a full sync"),
+                    Notice::Restarted { why } => tracing::warn!(why = %why, "nft monitor restarted; a full sync covers what it may have missed"),
+                }
+                metrics.foreign_change();
+                state.force_full();
+                if synced {
+                    retry_at = Some(retry_at.map_or_else(Instant::now, |r| r.min(Instant::now())));
+                }
+            }
             batch = updates.next() => {
                 let Some(batch) = batch else { break };
                 for update in batch {
@@ -398,7 +423,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     }
                 }
             }
-            _ = tokio::time::sleep(wait), if synced && (state.pending() > 0 || retry_at.is_some()) => {
+            _ = tokio::time::sleep(wait), if synced => {
                 let started = Instant::now();
                 pending_since = None;
                 match state.sync() {

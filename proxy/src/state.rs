@@ -300,6 +300,16 @@ impl State {
         }
     }
 
+    /// Makes the next sync replace the tables whole (someone else changed them).
+    pub fn force_full(&mut self) {
+        self.force_full = true;
+    }
+
+    /// When the periodic full sync is due (`None`: none done yet, the first sync is full).
+    pub fn full_sync_due(&self) -> Option<Instant> {
+        self.last_full.map(|t| t + FULL_SYNC_PERIOD)
+    }
+
     /// Whether the last successful [`State::sync`] wrote rules (false: it found nothing to
     /// change).
     pub fn last_sync_wrote(&self) -> bool {

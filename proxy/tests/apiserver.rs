@@ -161,6 +161,42 @@ async fn the_proxy_programs_a_node_from_the_api_server() {
     eventually(&lab, "only the ready endpoint answers", |s| {
         s.get("pod-a 10.244.3.5") == Some(&20)
     });
+    // Someone else changes the table (flushes it, deletes it, removes a map element): the
+    // proxy notices the commit and writes it back as it was.
+    let node_nft = svcplane_proxy::nft::NftCli::in_netns(&lab.ns("node"));
+    let listing = || node_nft.list("ip").unwrap_or_else(|e| e.to_string());
+    let before = listing();
+    let foreign_changes = || {
+        lab.node_http(10249, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("svcplane_proxy_foreign_changes_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for (n, edit) in [
+        "flush table ip svcplane".to_owned(),
+        "delete table ip svcplane".to_owned(),
+        "delete element ip svcplane cluster-ips { 10.96.0.50 }".to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let done = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("node"), "sh", "-c"])
+            .arg(format!("nft '{edit}'"))
+            .status()
+            .expect("nft");
+        assert!(done.success(), "{edit}");
+        poll(
+            &format!("the table restored after `{edit}`"),
+            || (foreign_changes(), listing()),
+            |(changes, now)| *changes > n as u64 && *now == before,
+        );
+        eventually(&lab, &format!("traffic back after `{edit}`"), |s| {
+            s.get("pod-a 10.244.3.5") == Some(&20)
+        });
+    }
+
     // The Service goes: its address is no longer served (dropped as an unallocated
     // ServiceCIDR address).
     services
