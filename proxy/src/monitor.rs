@@ -164,18 +164,18 @@ impl Monitor {
                     if let Some(stdout) = stdout {
                         for line in BufReader::new(stdout).lines() {
                             let Ok(line) = line else { break };
-                            if let Some(notice) = parser.line(&line) {
-                                if tx.send(notice).is_err() {
-                                    return;
-                                }
+                            if let Some(notice) = parser.line(&line)
+                                && tx.send(notice).is_err()
+                            {
+                                return;
                             }
                         }
                     }
-                    if let Ok(mut slot) = child.lock() {
-                        if let Some(mut old) = slot.take() {
-                            let _ = old.kill();
-                            let _ = old.wait();
-                        }
+                    if let Ok(mut slot) = child.lock()
+                        && let Some(mut old) = slot.take()
+                    {
+                        let _ = old.kill();
+                        let _ = old.wait();
                     }
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
@@ -203,10 +203,10 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut slot) = self.child.lock() {
-            if let Some(child) = slot.as_mut() {
-                let _ = child.kill();
-            }
+        if let Ok(mut slot) = self.child.lock()
+            && let Some(child) = slot.as_mut()
+        {
+            let _ = child.kill();
         }
     }
 }
