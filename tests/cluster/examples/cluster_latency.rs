@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             prefix: args.prefix.clone(),
             bin_dir: args.bin_dir.clone(),
             demo: true,
+            api_faults: false,
         },
         |line| eprintln!("cluster: {line}"),
     )

@@ -66,6 +66,9 @@ pub struct Settings {
     pub bin_dir: PathBuf,
     /// Logs (one per pod) and kubeconfigs.
     pub state_dir: PathBuf,
+    /// Where pods reach the API server, if not at the API server itself (a fault-injecting
+    /// proxy in front of it).
+    pub api_target: Option<SocketAddr>,
 }
 
 /// A pod the local kubelets run.
@@ -824,6 +827,9 @@ impl Agent {
     }
 
     fn apiserver(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(target) = self.settings.api_target {
+            return Ok(target);
+        }
         self.env
             .server_url()
             .trim_start_matches("https://")
@@ -1117,8 +1123,13 @@ fn alive(p: &Pod) -> bool {
         )
 }
 
+/// Ready and not cordoned: the scheduler may place pods there.
 fn node_ready(n: &Node) -> bool {
-    n.status
+    !n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+        && n.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, NodeInfo, Settings};
+use crate::api_faults::ApiFaults;
 use crate::egress::{self, EgressRelay};
 use crate::net::{self, Names};
 
@@ -43,6 +44,9 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Also start the demo app (deploy/… then tests/cluster/demo.yaml).
     pub demo: bool,
+    /// Put a fault-injecting proxy ([`ApiFaults`]) between the pods and kube-apiserver; it
+    /// passes everything through until told otherwise.
+    pub api_faults: bool,
 }
 
 /// A running local cluster. [`Cluster::stop`] stops it; dropping it also removes every
@@ -55,6 +59,7 @@ pub struct Cluster {
     state_dir: PathBuf,
     agent: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     _egress: Option<EgressRelay>,
+    api_faults: Option<ApiFaults>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -173,7 +178,22 @@ impl Cluster {
             state_dir: state_dir.clone(),
             agent: None,
             _egress: None,
+            api_faults: None,
         };
+        if options.api_faults {
+            let env = cluster.env.as_ref().context("control plane")?;
+            let upstream: SocketAddr = env
+                .server_url()
+                .trim_start_matches("https://")
+                .parse()
+                .context("the API server's address")?;
+            let faults = ApiFaults::start(env.dir(), upstream).await?;
+            progress(&format!(
+                "pods reach the API server through a fault-injecting proxy at {}",
+                faults.addr()
+            ));
+            cluster.api_faults = Some(faults);
+        }
 
         net::add_lan(&names).await?;
         for node in &nodes {
@@ -215,6 +235,7 @@ impl Cluster {
                 nodes,
                 bin_dir: options.bin_dir.clone(),
                 state_dir: state_dir.clone(),
+                api_target: cluster.api_faults.as_ref().map(ApiFaults::addr),
             },
         );
         cluster.agent = Some((stop, tokio::spawn(agent.run(stopped))));
@@ -355,6 +376,11 @@ impl Cluster {
         self.state_dir.join("logs")
     }
 
+    /// The fault-injecting proxy in front of the API server (with [`Options::api_faults`]).
+    pub fn api_faults(&self) -> Option<&ApiFaults> {
+        self.api_faults.as_ref()
+    }
+
     pub fn env(&self) -> Option<&TestEnv> {
         self.env.as_deref()
     }
@@ -376,6 +402,111 @@ impl Cluster {
         .await
     }
 
+    /// kube-apiserver stopped for `down`, then started again (same port, same etcd); returns
+    /// when it is ready.
+    pub async fn restart_apiserver(&self, down: Duration) -> anyhow::Result<()> {
+        let env = self.env.as_ref().context("control plane stopped")?;
+        env.stop_apiserver();
+        tokio::time::sleep(down).await;
+        env.restart_apiserver().await?;
+        Ok(())
+    }
+
+    /// Compacts etcd's history up to its current revision (physically), as the API server's
+    /// periodic compaction does: a watch resumed from an older resourceVersion then gets
+    /// 410 Gone and must list again. The revision compacted to.
+    pub async fn compact_etcd(&self) -> anyhow::Result<i64> {
+        let env = self.env.as_ref().context("control plane stopped")?;
+        let addr: SocketAddr = env
+            .etcd_url()
+            .trim_start_matches("http://")
+            .parse()
+            .context("etcd's address")?;
+        // etcd's JSON gateway: any range answers with the current revision in its header.
+        let range = etcd_post(addr, "/v3/kv/range", r#"{"key":"AA==","limit":1}"#).await?;
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("no revision in {range}"))?;
+        etcd_post(
+            addr,
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string(), "physical": true}).to_string(),
+        )
+        .await?;
+        Ok(revision)
+    }
+
+    /// SIGKILL to every process of pod `namespace/name` (its own network namespace: not for
+    /// hostNetwork pods); the kubelet restarts the container. How many were killed.
+    pub async fn kill_pod(&self, namespace: &str, name: &str) -> anyhow::Result<usize> {
+        kill_all_in(&self.names.pod(namespace, name)).await
+    }
+
+    /// SIGKILL to every process in node `n`'s namespace (its hostNetwork pods: the proxy).
+    pub async fn kill_node_processes(&self, n: usize) -> anyhow::Result<usize> {
+        let node = self.nodes.get(n - 1).context("no such node")?;
+        kill_all_in(&node.ns).await
+    }
+
+    /// Takes node `name` out: cordoned, its pods deleted (drained), its Node deleted (refused,
+    /// as `kubectl drain` refuses, when a pod without a controller runs there). Its
+    /// namespace stays, so [`Cluster::add_node_back`] can bring it back.
+    pub async fn remove_node(&self, name: &str) -> anyhow::Result<()> {
+        let nodes = Api::<Node>::all(self.client.clone());
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"unschedulable": true}})),
+            )
+            .await?;
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+            .await?;
+        // As `kubectl drain` without --force: a pod no controller would replace stops it.
+        if let Some(bare) = pods
+            .items
+            .iter()
+            .find(|p| p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty))
+        {
+            bail!(
+                "{name} runs {}/{}, which no controller manages; not draining it",
+                bare.metadata.namespace.as_deref().unwrap_or_default(),
+                bare.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+        for p in pods.items {
+            let (Some(ns), Some(pod)) = (p.metadata.namespace, p.metadata.name) else {
+                continue;
+            };
+            let _ = Api::<Pod>::namespaced(self.client.clone(), &ns)
+                .delete(&pod, &Default::default())
+                .await;
+        }
+        nodes.delete(name, &Default::default()).await?;
+        Ok(())
+    }
+
+    /// Registers node `name` (one this cluster started with) again after
+    /// [`Cluster::remove_node`]; its DaemonSet pods come back.
+    pub async fn add_node_back(&self, name: &str) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .context("not a node of this cluster")?;
+        kubelet::create_node(&self.client, &node.name, None, net::node_ip(node.n).into()).await?;
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                &node.name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}})),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Stops the pods (SIGTERM, then SIGKILL after 2 s), the control plane, and removes every
     /// namespace and file this cluster made.
     pub async fn stop(mut self) {
@@ -388,6 +519,39 @@ impl Cluster {
         self.env = None;
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
+}
+
+async fn kill_all_in(ns: &str) -> anyhow::Result<usize> {
+    let pids = net::sh(&["ip", "netns", "pids", ns]).await?;
+    let mut killed = 0;
+    for pid in pids.split_whitespace() {
+        if net::sh(&["kill", "-9", pid]).await.is_ok() {
+            killed += 1;
+        }
+    }
+    Ok(killed)
+}
+
+/// POSTs JSON to etcd's gateway on loopback; the JSON answer.
+async fn etcd_post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .context("etcd did not answer")??;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP answer from etcd")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("etcd {path}: {head} {body}");
+    }
+    Ok(serde_json::from_str(body)?)
 }
 
 async fn exec_in(ns: &str, command: &[&str]) -> anyhow::Result<String> {

@@ -9,10 +9,13 @@
 //! controllers, scheduler, kubelets) are played by [`agent`], small and through the API.
 
 pub mod agent;
+pub mod api_faults;
+pub mod churn;
 mod cluster;
 pub mod demo;
 pub mod egress;
 pub mod net;
+pub mod oracle;
 pub mod probe;
 
 pub use cluster::{COMPONENTS, Cluster, Options, deploy_dir, deploy_manifests};

@@ -117,6 +117,7 @@ async fn run(
         prefix,
         bin_dir,
         demo,
+        api_faults: false,
     };
     let cluster = tokio::select! {
         started = Cluster::start(options, say) => started?,

@@ -1,6 +1,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -62,9 +63,10 @@ impl Options {
 /// on stderr so the failing test's output points to it.
 #[derive(Debug)]
 pub struct TestEnv {
-    // Declared before etcd so it is stopped first.
-    apiserver: Process,
-    etcd: Process,
+    // Declared before etcd so it is stopped first. Behind a lock so a shared environment (the
+    // local cluster's) can still stop and restart it.
+    apiserver: Mutex<Process>,
+    etcd: Mutex<Process>,
     dir: PathBuf,
     server_url: String,
     etcd_url: String,
@@ -217,8 +219,8 @@ impl TestEnv {
         let kubeconfig_path = write("kubeconfig", &kubeconfig.to_string())?;
 
         let mut env = TestEnv {
-            apiserver,
-            etcd,
+            apiserver: Mutex::new(apiserver),
+            etcd: Mutex::new(etcd),
             dir,
             server_url,
             etcd_url,
@@ -240,12 +242,12 @@ impl TestEnv {
     }
 
     /// Waits for `/readyz` and for the `default` namespace the API server creates itself.
-    async fn wait_ready(&mut self) -> Result<()> {
+    async fn wait_ready(&self) -> Result<()> {
         let client = self.client().await?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            self.apiserver.check_running()?;
-            self.etcd.check_running()?;
+            self.apiserver().check_running()?;
+            self.etcd().check_running()?;
             let request = http::Request::get("/readyz")
                 .body(Vec::new())
                 .map_err(|e| Error::Precondition(e.to_string()))?;
@@ -264,39 +266,67 @@ impl TestEnv {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let apiserver = self.apiserver();
                 return Err(Error::NotReady {
                     name: "kube-apiserver",
                     seconds: READY_TIMEOUT.as_secs(),
-                    log: self.apiserver.log.clone(),
-                    tail: self.apiserver.log_tail(),
+                    log: apiserver.log.clone(),
+                    tail: apiserver.log_tail(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Stops kube-apiserver (etcd keeps running), as an outage would.
-    pub fn stop_apiserver(&mut self) {
-        self.apiserver.stop(Duration::from_secs(5));
+    fn etcd(&self) -> MutexGuard<'_, Process> {
+        self.etcd.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts kube-apiserver again on the same port and data, and waits until it is ready.
-    pub async fn restart_apiserver(&mut self) -> Result<()> {
-        self.apiserver.stop(Duration::from_secs(5));
+    fn apiserver(&self) -> MutexGuard<'_, Process> {
+        self.apiserver.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops kube-apiserver (etcd keeps running), as an outage would.
+    pub fn stop_apiserver(&self) {
+        self.apiserver().stop(Duration::from_secs(5));
+    }
+
+    /// Starts kube-apiserver again on the same port and data (stopping it first if it runs),
+    /// and waits until it is ready. Its log is then `kube-apiserver.restarted.log`.
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        self.stop_apiserver();
         let log = self.dir.join("kube-apiserver.restarted.log");
-        self.apiserver = Process::spawn(
+        let process = Process::spawn(
             "kube-apiserver",
             &self.apiserver_cmd.0,
             &self.apiserver_cmd.1,
             log,
         )?;
-        let port = self
+        *self.apiserver() = process;
+        let port: u16 = self
             .server_url
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| Error::Precondition(format!("no port in {}", self.server_url)))?;
-        wait_for_port(&mut self.apiserver, port).await?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.apiserver().check_running()?;
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let apiserver = self.apiserver();
+                return Err(Error::NotReady {
+                    name: "kube-apiserver",
+                    seconds: READY_TIMEOUT.as_secs(),
+                    log: apiserver.log.clone(),
+                    tail: apiserver.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.wait_ready().await
     }
 
@@ -397,31 +427,32 @@ impl TestEnv {
     }
 
     pub fn etcd_pid(&self) -> u32 {
-        self.etcd.pid()
+        self.etcd().pid()
     }
 
     pub fn apiserver_pid(&self) -> u32 {
-        self.apiserver.pid()
+        self.apiserver().pid()
     }
 
-    pub fn apiserver_log(&self) -> &Path {
-        &self.apiserver.log
+    /// The current kube-apiserver's log (another file after a restart).
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.apiserver().log.clone()
     }
 
-    pub fn etcd_log(&self) -> &Path {
-        &self.etcd.log
+    pub fn etcd_log(&self) -> PathBuf {
+        self.etcd().log.clone()
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        self.apiserver.stop(Duration::from_secs(5));
-        self.etcd.stop(Duration::from_secs(5));
+        self.apiserver().stop(Duration::from_secs(5));
+        self.etcd().stop(Duration::from_secs(5));
         if self.keep_dir || std::thread::panicking() {
             eprintln!(
                 "svcplane-testenv: kept {} and {} for inspection",
-                self.apiserver.log.display(),
-                self.etcd.log.display()
+                self.apiserver().log.display(),
+                self.etcd().log.display()
             );
         } else if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             eprintln!(

@@ -35,10 +35,16 @@ pub fn prefix(test: &str) -> String {
 }
 
 pub async fn start(test: &str) -> Cluster {
+    start_with(test, 2, false).await
+}
+
+/// With `nodes` nodes and, if `api_faults`, the fault-injecting API proxy.
+pub async fn start_with(test: &str, nodes: usize, api_faults: bool) -> Cluster {
     require_root();
     Cluster::start(
         Options {
-            nodes: 2,
+            nodes,
+            api_faults,
             prefix: prefix(test),
             bin_dir: bin_dir(),
             demo: true,

@@ -1,0 +1,623 @@
+//! The fault suite: a seeded churn workload (`svcplane_cluster::churn`) over a three-node local
+//! cluster while faults are injected one at a time and then together; after each, the suite
+//! waits for the workload to come to rest and for the oracle (`svcplane_cluster::oracle`) to
+//! hold: endpoints and slices as the rules say, allocations unique, in range and not leaked,
+//! every DNS name answering as its Service says, every ClusterIP/NodePort/LoadBalancer IP
+//! reaching exactly the ready pods. A divergence left after two minutes fails with the list.
+//!
+//! Printed for docs/reliability.md: time to converge after each fault, memory of each component
+//! at the start and the end. `SVCPLANE_FAULT_SEED` picks another seed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use svcplane_cluster::churn::{self, Churn};
+use svcplane_cluster::oracle::{self, Scope};
+use svcplane_cluster::api_faults::Mode;
+use svcplane_cluster::{Cluster, net};
+
+/// What the suite measured, printed at the end.
+#[derive(Debug, Default)]
+struct Report {
+    converged: Vec<(String, Duration)>,
+    lines: Vec<String>,
+}
+
+struct Suite {
+    cluster: Cluster,
+    churn: Churn,
+    report: Report,
+}
+
+impl Suite {
+    fn scope(&self) -> Scope {
+        Scope {
+            namespaces: vec![churn::NAMESPACE.to_owned(), "demo".to_owned()],
+            deleted: self
+                .churn
+                .deleted
+                .iter()
+                .map(|n| (churn::NAMESPACE.to_owned(), n.clone()))
+                .collect(),
+        }
+    }
+
+    /// Waits for rest and the oracle; records the time, or fails with the divergences.
+    async fn converge(&mut self, after: &str) {
+        let scope = self.scope();
+        match oracle::converge(&self.cluster, &scope, Duration::from_secs(120)).await {
+            Ok(took) => {
+                eprintln!("fault suite: {after}: converged in {:.1}s", took.as_secs_f64());
+                self.report.converged.push((after.to_owned(), took));
+            }
+            Err(wrong) => {
+                let mut text = format!(
+                    "after {after}, the plane did not converge within 120 s; logs in {}:\n",
+                    self.cluster.log_dir().display()
+                );
+                for w in &wrong {
+                    let _ = writeln!(text, "  {w}");
+                }
+                panic!("{text}");
+            }
+        }
+    }
+
+    /// `n` churn operations 150 ms apart, while `fault` runs.
+    async fn churn_during(&mut self, n: usize, fault: impl Future<Output = ()>) {
+        let cluster = &self.cluster;
+        let churn = &mut self.churn;
+        let (log, ()) = tokio::join!(churn.burst(cluster, n, Duration::from_millis(150)), fault);
+        let refused = log.iter().filter(|l| l.starts_with("refused")).count();
+        eprintln!(
+            "fault suite: {n} operations ({refused} refused by the API), last: {:?}",
+            log.last()
+        );
+    }
+}
+
+/// The pod of a `prefix`… Deployment that holds its Lease (`holder` is `<pod>_<pid>`).
+async fn leader(cluster: &Cluster, prefix: &str) -> String {
+    let leases = Api::<Lease>::namespaced(cluster.client().clone(), "kube-system")
+        .list(&ListParams::default())
+        .await
+        .expect("leases");
+    leases
+        .items
+        .iter()
+        .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
+        .filter(|h| h.starts_with(prefix))
+        .find_map(|h| h.rsplit_once('_').map(|(pod, _)| pod.to_owned()))
+        .unwrap_or_else(|| panic!("no Lease held by a {prefix} pod"))
+}
+
+async fn pods(cluster: &Cluster, namespace: &str, prefix: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(cluster.client().clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn restarts(pods: &[Pod]) -> i32 {
+    pods.iter()
+        .flat_map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default()
+        })
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// Resident memory (KiB) of every svcplane process, by pid, with its component's name.
+async fn memory(cluster: &Cluster) -> BTreeMap<u32, (String, u64)> {
+    let mut namespaces: Vec<String> = pods(cluster, "kube-system", "svcplane-")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .filter(|n| !n.starts_with("svcplane-proxy"))
+        .map(|n| cluster.names().pod("kube-system", &n))
+        .collect();
+    namespaces.extend(cluster.nodes().iter().map(|n| n.ns.clone()));
+    let mut out = BTreeMap::new();
+    for ns in namespaces {
+        let Ok(pids) = net::sh(&["ip", "netns", "pids", &ns]).await else {
+            continue;
+        };
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if !argv0.starts_with("svcplane-") {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                out.insert(pid, (argv0, kb));
+            }
+        }
+    }
+    out
+}
+
+/// Lines in the components' logs that report a watch expired (410 Gone).
+fn expired_watches(cluster: &Cluster) -> usize {
+    let Ok(dir) = std::fs::read_dir(cluster.log_dir()) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("kube-system_svcplane-"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.contains("too old resource version") || l.contains("Expired"))
+                .count()
+        })
+        .sum()
+}
+
+/// Garbage at a DNS server: short headers, bad label lengths, compression loops, truncated
+/// questions, random bytes. `count` datagrams, bounded in time.
+fn malformed_dns(ns: &str, count: usize) -> usize {
+    svcplane_testenv::netns::on_thread_in(ns, || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let mut rng = svcplane_testenv::rng::Rng::new(7);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sent = 0;
+        for i in 0..count {
+            if Instant::now() > deadline {
+                break;
+            }
+            let id = (i as u16).to_be_bytes();
+            let packet: Vec<u8> = match i % 6 {
+                0 => vec![id[0], id[1], 0x01],
+                1 => vec![id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, b'a', 0, 0, 1, 0, 1],
+                2 => vec![id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1],
+                3 => vec![id[0], id[1], 1, 0, 0, 9, 0, 9, 0, 9, 0, 9, 3, b'w', b'e'],
+                4 => vec![id[0], id[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1],
+                _ => (0..rng.below(600) + 1)
+                    .map(|_| (rng.next_u64() & 0xff) as u8)
+                    .collect(),
+            };
+            if socket.send_to(&packet, ("10.96.0.10", 53)).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })
+    .expect("sending from the client pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plane_converges_after_every_fault() {
+    let seed = std::env::var("SVCPLANE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1127);
+    eprintln!("fault suite: seed {seed}");
+    let cluster = common::start_with("fault", 3, true).await;
+    let churn = Churn::setup(&cluster, seed).await.expect("churn workload");
+    let mut s = Suite {
+        cluster,
+        churn,
+        report: Report::default(),
+    };
+    s.converge("start").await;
+
+    // --- One fault at a time, each under churn.
+    s.churn_during(30, async {}).await;
+    s.converge("churn alone").await;
+
+    let endpoints_leader = leader(&s.cluster, "svcplane-endpoints-").await;
+    let c = &s.cluster;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill_pod("kube-system", &endpoints_leader)
+            .await
+            .expect("kill");
+    };
+    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
+    s.converge("SIGKILL of the endpoints leader").await;
+    let new_leader = leader(&s.cluster, "svcplane-endpoints-").await;
+    s.report.lines.push(format!(
+        "endpoints leader {endpoints_leader} killed; the Lease went to {new_leader}"
+    ));
+
+    let allocator_leader = leader(&s.cluster, "svcplane-allocator-").await;
+    let c = &s.cluster;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill_pod("kube-system", &allocator_leader)
+            .await
+            .expect("kill");
+    };
+    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
+    s.converge("SIGKILL of the allocator leader").await;
+
+    let dns = pods(&s.cluster, "kube-system", "svcplane-dns-").await;
+    let dns_one = dns[0].metadata.name.clone().expect("name");
+    let c = &s.cluster;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill_pod("kube-system", &dns_one).await.expect("kill");
+    };
+    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
+    s.converge("SIGKILL of one DNS replica").await;
+
+    let c = &s.cluster;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.kill_node_processes(2).await.expect("kill");
+    };
+    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
+    s.churn
+        .restore_nodes(&s.cluster)
+        .await
+        .expect("nodes back");
+    s.converge("SIGKILL of node-2's proxy").await;
+
+    // Rolling restarts by SIGTERM: each DNS pod and each proxy pod deleted and replaced.
+    let c = &s.cluster;
+    let roll = async {
+        for prefix in ["svcplane-dns-", "svcplane-proxy-"] {
+            for p in pods(c, "kube-system", prefix).await {
+                let name = p.metadata.name.expect("name");
+                let _ = Api::<Pod>::namespaced(c.client().clone(), "kube-system")
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        }
+    };
+    let _ = tokio::join!(s.churn.burst(c, 30, Duration::from_millis(150)), roll);
+    s.converge("SIGTERM rolling restart of DNS and proxy").await;
+
+    // The proxy's table flushed on node-1, deleted on node-2, one element removed on node-3.
+    let c = &s.cluster;
+    let tamper = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (n, edit) in [
+            (0, "flush table ip svcplane"),
+            (1, "delete table ip svcplane"),
+            (2, "flush set ip svcplane cluster-ips"),
+        ] {
+            let ns = &c.nodes()[n].ns;
+            net::sh(&["ip", "netns", "exec", ns, "nft", edit])
+                .await
+                .expect("nft edit");
+        }
+    };
+    let _ = tokio::join!(s.churn.burst(c, 15, Duration::from_millis(150)), tamper);
+    s.converge("nftables tables flushed, deleted and edited behind the proxy")
+        .await;
+
+    // kube-apiserver down for 5 s.
+    s.churn_during(10, async {}).await;
+    s.cluster
+        .restart_apiserver(Duration::from_secs(5))
+        .await
+        .expect("API server back");
+    s.churn_during(10, async {}).await;
+    s.converge("kube-apiserver stopped 5 s and restarted").await;
+
+    // etcd compacted to its head, then the API server restarted: its watch cache starts after
+    // every client's resourceVersion, so every watch gets 410 Gone and lists again.
+    s.churn_during(10, async {}).await;
+    let expired_before = expired_watches(&s.cluster);
+    let revision = s.cluster.compact_etcd().await.expect("compaction");
+    s.cluster
+        .restart_apiserver(Duration::from_millis(500))
+        .await
+        .expect("API server back");
+    s.churn_during(10, async {}).await;
+    s.converge("etcd compaction and API server restart (410 Gone, re-list)")
+        .await;
+    let expired = expired_watches(&s.cluster) - expired_before;
+    assert!(
+        expired > 0,
+        "no component logged an expired watch: the fault did not happen"
+    );
+    s.report.lines.push(format!(
+        "etcd compacted at revision {revision}: {expired} watches expired (410) and re-listed"
+    ));
+
+    // The API server slow, then refusing (429), then failing (500), for the pods only (a
+    // proxy in front of it; the test's own client goes direct).
+    let faults = [
+        ("every request delayed 2 s", Mode { delay: Duration::from_secs(2), ..Mode::default() }),
+        ("half the requests answered 429", Mode { status: Some(429), percent: 50, ..Mode::default() }),
+        ("every request answered 500", Mode { status: Some(500), percent: 100, ..Mode::default() }),
+    ];
+    for (what, mode) in faults {
+        let before = restarts(&pods(&s.cluster, "kube-system", "svcplane-").await);
+        let proxy = s.cluster.api_faults().expect("the fault proxy");
+        proxy.set(mode);
+        let (_, failed_before) = proxy.counts();
+        s.churn_during(40, async {}).await;
+        let proxy = s.cluster.api_faults().expect("the fault proxy");
+        let (_, failed) = proxy.counts();
+        proxy.set(Mode::default());
+        s.converge(&format!("API server: {what} during 40 operations")).await;
+        let after = restarts(&pods(&s.cluster, "kube-system", "svcplane-").await);
+        s.report.lines.push(format!(
+            "API server, {what}: {} requests failed by the proxy; {} component restarts",
+            failed - failed_before,
+            after - before
+        ));
+    }
+
+    // --- Bad input.
+    let dns_pods = pods(&s.cluster, "kube-system", "svcplane-dns-").await;
+    let dns_restarts = restarts(&dns_pods);
+    let client_ns = s.cluster.names().pod("demo", "client");
+    let c = &s.cluster;
+    let flood = async {
+        let ns = client_ns.clone();
+        tokio::task::spawn_blocking(move || malformed_dns(&ns, 30_000))
+            .await
+            .expect("flood")
+    };
+    let (_, sent) = tokio::join!(s.churn.burst(c, 10, Duration::from_millis(150)), flood);
+    let after = pods(&s.cluster, "kube-system", "svcplane-dns-").await;
+    assert_eq!(
+        restarts(&after),
+        dns_restarts,
+        "a DNS replica restarted under malformed packets"
+    );
+    s.report
+        .lines
+        .push(format!("{sent} malformed DNS datagrams, no DNS restart"));
+    s.converge("malformed DNS packets at rate").await;
+
+    // Malformed AdmissionReviews at the allocator's webhook (every replica, over TLS).
+    let allocators = pods(&s.cluster, "kube-system", "svcplane-allocator-").await;
+    let allocator_restarts = restarts(&allocators);
+    let node1 = s.cluster.nodes()[0].ns.clone();
+    let bodies = [
+        "",
+        "{",
+        "null",
+        r#"{"kind":"AdmissionReview"}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"group":"","version":"v1","kind":"Service"},"operation":"CREATE","object":{"spec":{"ports":"nope"}}}}"#,
+    ];
+    let mut statuses = Vec::new();
+    for p in &allocators {
+        let ip = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("pod IP");
+        for body in bodies {
+            for _ in 0..20 {
+                let out = net::sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &node1,
+                    "curl",
+                    "-sk",
+                    "-m",
+                    "3",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    body,
+                    &format!("https://{ip}:9443/mutate-services"),
+                ])
+                .await
+                .unwrap_or_else(|e| e.to_string());
+                statuses.push(out);
+            }
+        }
+    }
+    let accepted = statuses.iter().filter(|s| s.as_str() == "200").count();
+    let answered = statuses
+        .iter()
+        .filter(|s| s.len() == 3 && s.starts_with('4'))
+        .count();
+    assert_eq!(
+        restarts(&pods(&s.cluster, "kube-system", "svcplane-allocator-").await),
+        allocator_restarts,
+        "an allocator restarted under malformed AdmissionReviews"
+    );
+    assert_eq!(accepted, 0, "a malformed AdmissionReview was answered 200");
+    assert!(answered > 0, "no 4xx answer to malformed reviews: {statuses:?}");
+    s.report.lines.push(format!(
+        "{} malformed AdmissionReviews: {answered} answered 4xx, no allocator restart",
+        statuses.len()
+    ));
+
+    // Objects at the edge of validity: a 63-character name, 100 ports over TCP/UDP/SCTP from
+    // 1 to 65535, ClientIP affinity with the longest timeout; a selector-less Service with a
+    // hand-made FQDN slice and an IPv4 slice with an empty endpoint list.
+    let services = Api::<Service>::namespaced(s.cluster.client().clone(), churn::NAMESPACE);
+    let long = format!("e{}", "x".repeat(62));
+    let ports: Vec<serde_json::Value> = (0..100usize)
+        .map(|i| {
+            let protocol = ["TCP", "UDP", "SCTP"][i % 3];
+            json!({
+                "name": format!("p{i}"),
+                "port": if i == 99 { 65535 } else { i + 1 },
+                "targetPort": 8080,
+                "protocol": protocol,
+            })
+        })
+        .collect();
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": long },
+                "spec": {
+                    "type": "NodePort",
+                    "selector": { "app": "app-0" },
+                    "ports": ports,
+                    "sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": { "clientIP": { "timeoutSeconds": 86400 } },
+                },
+            }))
+            .expect("service"),
+        )
+        .await
+        .expect("the 100-port Service");
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "manual" },
+                "spec": { "ports": [{ "port": 80 }] },
+            }))
+            .expect("service"),
+        )
+        .await
+        .expect("the selector-less Service");
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+        s.cluster.client().clone(),
+        churn::NAMESPACE,
+    );
+    for slice in [
+        json!({
+            "metadata": { "name": "manual-fqdn", "labels": {
+                "kubernetes.io/service-name": "manual",
+                "endpointslice.kubernetes.io/managed-by": "someone-else" } },
+            "addressType": "FQDN",
+            "endpoints": [{ "addresses": ["a.example.test"] }],
+            "ports": [{ "port": 80 }],
+        }),
+        json!({
+            "metadata": { "name": "manual-empty", "labels": {
+                "kubernetes.io/service-name": "manual",
+                "endpointslice.kubernetes.io/managed-by": "someone-else" } },
+            "addressType": "IPv4",
+            "endpoints": [],
+            "ports": [],
+        }),
+    ] {
+        slices
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(slice).expect("slice"),
+            )
+            .await
+            .expect("a hand-made slice");
+    }
+    s.churn_during(10, async {}).await;
+    s.converge("Services and slices at the edge of validity").await;
+    for name in [long.as_str(), "manual"] {
+        services
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["manual-fqdn", "manual-empty"] {
+        let _ = slices.delete(name, &DeleteParams::default()).await;
+    }
+
+    // --- Allocator kill storm: both replicas SIGKILLed again and again while Services come
+    // and go.
+    let c = &s.cluster;
+    let storm = async {
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            for p in pods(c, "kube-system", "svcplane-allocator-").await {
+                let name = p.metadata.name.expect("name");
+                let _ = c.kill_pod("kube-system", &name).await;
+            }
+        }
+    };
+    let _ = tokio::join!(s.churn.burst(c, 60, Duration::from_millis(150)), storm);
+    s.converge("allocator kill storm (both replicas, six times)")
+        .await;
+
+    // --- Everything at once: the endpoints leader, a DNS replica and node-1's proxy killed
+    // while the API server restarts, under churn.
+    let endpoints_leader = leader(&s.cluster, "svcplane-endpoints-").await;
+    let dns_one = pods(&s.cluster, "kube-system", "svcplane-dns-").await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    s.churn_during(10, async {}).await;
+    let c = &s.cluster;
+    let _ = c.kill_pod("kube-system", &endpoints_leader).await;
+    let _ = c.kill_pod("kube-system", &dns_one).await;
+    let _ = c.kill_node_processes(1).await;
+    c.restart_apiserver(Duration::from_secs(3))
+        .await
+        .expect("API server back");
+    s.churn_during(20, async {}).await;
+    s.churn
+        .restore_nodes(&s.cluster)
+        .await
+        .expect("nodes back");
+    s.converge("combined: endpoints leader, DNS replica, proxy and API server")
+        .await;
+
+    // Memory under churn alone: the same processes before and after `SVCPLANE_MEMORY_OPS`
+    // operations (300 by default; bench/faults.sh runs 1,200, an hour of one change every 3 s).
+    let ops: usize = std::env::var("SVCPLANE_MEMORY_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let memory_before = memory(&s.cluster).await;
+    s.churn_during(ops, async {}).await;
+    s.converge(&format!("{ops} more operations (memory)")).await;
+    let memory_after = memory(&s.cluster).await;
+
+    let mut figures = String::new();
+    let _ = writeln!(
+        figures,
+        "fault suite (seed {seed}, {} churn operations):",
+        s.churn.ops
+    );
+    for (after, took) in &s.report.converged {
+        let _ = writeln!(figures, "  {after}: converged in {:.1} s", took.as_secs_f64());
+    }
+    for line in &s.report.lines {
+        let _ = writeln!(figures, "  {line}");
+    }
+    let _ = writeln!(figures, "  memory (RSS, MiB) of each process before -> after {ops} operations:");
+    for (pid, (who, before)) in &memory_before {
+        if let Some((_, after)) = memory_after.get(pid) {
+            let _ = writeln!(
+                figures,
+                "    {who} (pid {pid}): {:.1} -> {:.1}",
+                *before as f64 / 1024.0,
+                *after as f64 / 1024.0
+            );
+        }
+    }
+    eprintln!("{figures}");
+    s.cluster.stop().await;
+}
