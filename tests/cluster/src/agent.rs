@@ -1130,9 +1130,9 @@ fn node_ready(n: &Node) -> bool {
         .and_then(|s| s.unschedulable)
         .unwrap_or(false)
         && n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn selects(selector: Option<&BTreeMap<String, String>>, node: &Node) -> bool {

@@ -95,7 +95,8 @@ impl ApiFaults {
         let chain = CertificateDer::pem_slice_iter(&read("apiserver.crt")?)
             .collect::<Result<Vec<_>, _>>()
             .context("apiserver.crt")?;
-        let key = PrivateKeyDer::from_pem_slice(&read("apiserver.key")?).context("apiserver.key")?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&read("apiserver.key")?).context("apiserver.key")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
@@ -130,8 +131,12 @@ impl ApiFaults {
                         return;
                     };
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let (connector, mode, counts, serial) =
-                            (connector.clone(), mode.clone(), counts.clone(), serial.clone());
+                        let (connector, mode, counts, serial) = (
+                            connector.clone(),
+                            mode.clone(),
+                            counts.clone(),
+                            serial.clone(),
+                        );
                         async move {
                             let now = *mode.lock().unwrap_or_else(PoisonError::into_inner);
                             if !now.delay.is_zero() {
@@ -200,8 +205,7 @@ async fn forward(
     let tls = connector
         .connect(ServerName::IpAddress(upstream.ip().into()), tcp)
         .await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     Ok(response.map(|b| b.boxed()))

@@ -85,7 +85,9 @@ fn deployment(app: usize, replicas: i32) -> serde_json::Value {
 
 fn service(name: &str, kind: Kind, app: usize, port: i32) -> serde_json::Value {
     let mut spec = match kind {
-        Kind::ExternalName => json!({ "type": "ExternalName", "externalName": format!("{name}.example.test") }),
+        Kind::ExternalName => {
+            json!({ "type": "ExternalName", "externalName": format!("{name}.example.test") })
+        }
         Kind::Headless => json!({ "clusterIP": "None" }),
         Kind::ClusterIp => json!({ "type": "ClusterIP" }),
         Kind::NodePort => json!({ "type": "NodePort" }),
@@ -203,7 +205,9 @@ impl Churn {
                     return Ok(format!("{name} now names {target}"));
                 }
                 let patch = match self.rng.below(3) {
-                    0 => json!({"spec": {"selector": {"app": format!("app-{}", self.rng.below(APPS))}}}),
+                    0 => {
+                        json!({"spec": {"selector": {"app": format!("app-{}", self.rng.below(APPS))}}})
+                    }
                     1 if matches!(kind, Kind::ClusterIp | Kind::NodePort) => {
                         let (to, now) = if kind == Kind::ClusterIp {
                             ("NodePort", Kind::NodePort)
@@ -243,8 +247,7 @@ impl Churn {
                         .map(|d| d.spec.replicas.unwrap_or(1))
                         .sum()
                 };
-                let replicas =
-                    i32::try_from(self.rng.below(4))?.min((MAX_PODS - others).max(0));
+                let replicas = i32::try_from(self.rng.below(4))?.min((MAX_PODS - others).max(0));
                 Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
                     .patch(
                         &format!("app-{app}"),
@@ -259,7 +262,11 @@ impl Churn {
                 let pods = self.app_pods(cluster).await?;
                 let pod = self.pick(&pods).context("no pod")?.clone();
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let to = if crate::pod_ready(&pod) { "fail" } else { "pass" };
+                let to = if crate::pod_ready(&pod) {
+                    "fail"
+                } else {
+                    "pass"
+                };
                 cluster
                     .pod_http(NAMESPACE, &name, 8080, &format!("/readiness/{to}"))
                     .await

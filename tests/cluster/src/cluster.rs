@@ -465,11 +465,12 @@ impl Cluster {
             .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
             .await?;
         // As `kubectl drain` without --force: a pod no controller would replace stops it.
-        if let Some(bare) = pods
-            .items
-            .iter()
-            .find(|p| p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty))
-        {
+        if let Some(bare) = pods.items.iter().find(|p| {
+            p.metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        }) {
             bail!(
                 "{name} runs {}/{}, which no controller manages; not draining it",
                 bare.metadata.namespace.as_deref().unwrap_or_default(),
@@ -542,9 +543,12 @@ async fn etcd_post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<s
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
-        .await
-        .context("etcd did not answer")??;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .context("etcd did not answer")??;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .context("no HTTP answer from etcd")?;

@@ -18,9 +18,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
+use svcplane_cluster::api_faults::Mode;
 use svcplane_cluster::churn::{self, Churn};
 use svcplane_cluster::oracle::{self, Scope};
-use svcplane_cluster::api_faults::Mode;
 use svcplane_cluster::{Cluster, net};
 
 /// What the suite measured, printed at the end.
@@ -53,8 +53,15 @@ impl Suite {
     async fn converge(&mut self, after: &str) {
         let scope = self.scope();
         match oracle::converge(&self.cluster, &scope, Duration::from_secs(120)).await {
-            Ok(took) => {
-                eprintln!("fault suite: {after}: converged in {:.1}s", took.as_secs_f64());
+            Ok((took, waited)) => {
+                eprintln!(
+                    "fault suite: {after}: converged in {:.1}s{}",
+                    took.as_secs_f64(),
+                    waited
+                        .first()
+                        .map(|w| format!(" (first waited for: {w})"))
+                        .unwrap_or_default()
+                );
                 self.report.converged.push((after.to_owned(), took));
             }
             Err(wrong) => {
@@ -142,13 +149,17 @@ async fn memory(cluster: &Cluster) -> BTreeMap<u32, (String, u64)> {
         let Ok(pids) = net::sh(&["ip", "netns", "pids", &ns]).await else {
             continue;
         };
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+            let argv0 =
+                String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
             if !argv0.starts_with("svcplane-") {
                 continue;
             }
@@ -172,7 +183,11 @@ fn expired_watches(cluster: &Cluster) -> usize {
         return 0;
     };
     dir.filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("kube-system_svcplane-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("kube-system_svcplane-")
+        })
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .map(|text| {
             text.lines()
@@ -180,6 +195,213 @@ fn expired_watches(cluster: &Cluster) -> usize {
                 .count()
         })
         .sum()
+}
+
+/// Creates `count` ready pods and a Service selecting them in namespace `big`; checks that
+/// Endpoints hold the first 1,000 (annotated truncated, as upstream), the slices hold all of
+/// them 100 at most per slice, the name resolves and node-1's proxy has a rule per endpoint;
+/// then deletes them all and checks nothing is left. What it measured.
+async fn big_selector(cluster: &Cluster, count: usize) -> String {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let client = cluster.client().clone();
+    svcplane_testenv::kubelet::create_namespace(&client, "big")
+        .await
+        .expect("namespace");
+    // Their node exists (a slice leaves out pods of a Node that does not) but is cordoned, so
+    // nothing else lands there, and it has no kubelet.
+    svcplane_testenv::kubelet::create_node(
+        &client,
+        "node-offline",
+        None,
+        "192.0.2.99".parse().expect("ip"),
+    )
+    .await
+    .expect("node");
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(
+            "node-offline",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .expect("cordon");
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let name = format!("b-{i}");
+                svcplane_testenv::kubelet::PodBuilder::new("big", &name)
+                    .label("app", "big")
+                    .node("node-offline")
+                    .port("http", 8080, "TCP")
+                    .create(&client)
+                    .await
+                    .expect("pod");
+                let ip =
+                    std::net::Ipv4Addr::new(10, 244, 100 + (i / 250) as u8, (i % 250 + 1) as u8);
+                svcplane_testenv::kubelet::set_pod_running(
+                    &client,
+                    "big",
+                    &name,
+                    &[ip.into()],
+                    true,
+                )
+                .await
+                .expect("status");
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let created = started.elapsed();
+    let services = Api::<Service>::namespaced(client.clone(), "big");
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "big" },
+                "spec": { "selector": { "app": "big" },
+                    "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+            }))
+            .expect("service"),
+        )
+        .await
+        .expect("the Service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
+    let service_at = Instant::now();
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), "big");
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), "big");
+    svcplane_testenv::wait::eventually(
+        Duration::from_secs(120),
+        "5,000 endpoints in Endpoints (truncated) and slices",
+        || async {
+            let ep = endpoints.get_opt("big").await.map_err(|e| e.to_string())?;
+            let in_endpoints = ep
+                .as_ref()
+                .and_then(|e| e.subsets.clone())
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            let truncated = ep
+                .as_ref()
+                .and_then(|e| e.metadata.annotations.as_ref())
+                .and_then(|a| a.get("endpoints.kubernetes.io/over-capacity"))
+                .map(String::as_str)
+                == Some("truncated");
+            let list = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=big"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let sizes: Vec<usize> = list
+                .items
+                .iter()
+                .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+                .collect();
+            let in_slices: usize = sizes.iter().sum();
+            if in_endpoints == 1000 && truncated && in_slices == count && sizes.iter().all(|n| *n <= 100) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Endpoints {in_endpoints} (truncated {truncated}), slices {} holding {in_slices}",
+                    sizes.len()
+                ))
+            }
+        },
+    )
+    .await;
+    let endpoints_took = service_at.elapsed();
+    let fqdn = "big.big.svc.cluster.local";
+    let node1 = cluster.nodes()[0].ns.clone();
+    svcplane_testenv::wait::eventually(
+        Duration::from_secs(60),
+        "the name and node-1's rules",
+        || async {
+            let answer = cluster
+                .exec(
+                    "demo",
+                    "client",
+                    &["dig", "+short", "+time=2", "@10.96.0.10", fqdn, "A"],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let table = net::sh(&[
+                "ip", "netns", "exec", &node1, "nft", "list", "table", "ip", "svcplane",
+            ])
+            .await
+            .map_err(|e| e.to_string())?;
+            let in_rules = (100..120u8)
+                .map(|third| table.matches(&format!("10.244.{third}.")).count())
+                .sum::<usize>();
+            if answer.trim() == ip && in_rules >= count {
+                Ok(())
+            } else {
+                Err(format!(
+                    "dig {answer:?}, {in_rules} endpoint addresses in the rules"
+                ))
+            }
+        },
+    )
+    .await;
+    let programmed = service_at.elapsed();
+    // Everything goes: pods at once (no kubelet would confirm a graceful deletion), the Service.
+    let pods_api = Api::<Pod>::namespaced(client.clone(), "big");
+    pods_api
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+            &ListParams::default(),
+        )
+        .await
+        .expect("delete the pods");
+    services
+        .delete("big", &DeleteParams::default())
+        .await
+        .expect("delete the Service");
+    svcplane_testenv::wait::eventually(Duration::from_secs(120), "nothing left of big", || async {
+        let left_slices = slices
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        let left_endpoints = endpoints
+            .get_opt("big")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        let table = net::sh(&[
+            "ip", "netns", "exec", &node1, "nft", "list", "table", "ip", "svcplane",
+        ])
+        .await
+        .map_err(|e| e.to_string())?;
+        let in_rules = (100..120u8)
+            .map(|third| table.matches(&format!("10.244.{third}.")).count())
+            .sum::<usize>();
+        if left_slices == 0 && !left_endpoints && in_rules == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{left_slices} slices, Endpoints {left_endpoints}, {in_rules} addresses in rules"
+            ))
+        }
+    })
+    .await;
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .delete("node-offline", &DeleteParams::default())
+        .await
+        .expect("delete the node");
+    format!(
+        "selector over {count} pods (created in {:.0} s): Endpoints truncated to 1,000 and all {count} in slices {:.1} s after the Service, name and node-1's rules {:.1} s after; all gone after deletion",
+        created.as_secs_f64(),
+        endpoints_took.as_secs_f64(),
+        programmed.as_secs_f64()
+    )
 }
 
 /// Garbage at a DNS server: short headers, bad label lengths, compression loops, truncated
@@ -197,10 +419,16 @@ fn malformed_dns(ns: &str, count: usize) -> usize {
             let id = (i as u16).to_be_bytes();
             let packet: Vec<u8> = match i % 6 {
                 0 => vec![id[0], id[1], 0x01],
-                1 => vec![id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, b'a', 0, 0, 1, 0, 1],
-                2 => vec![id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1],
+                1 => vec![
+                    id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 63, b'a', 0, 0, 1, 0, 1,
+                ],
+                2 => vec![
+                    id[0], id[1], 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+                ],
                 3 => vec![id[0], id[1], 1, 0, 0, 9, 0, 9, 0, 9, 0, 9, 3, b'w', b'e'],
-                4 => vec![id[0], id[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1],
+                4 => vec![
+                    id[0], id[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1,
+                ],
                 _ => (0..rng.below(600) + 1)
                     .map(|_| (rng.next_u64() & 0xff) as u8)
                     .collect(),
@@ -276,10 +504,7 @@ async fn the_plane_converges_after_every_fault() {
         c.kill_node_processes(2).await.expect("kill");
     };
     let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
-    s.churn
-        .restore_nodes(&s.cluster)
-        .await
-        .expect("nodes back");
+    s.churn.restore_nodes(&s.cluster).await.expect("nodes back");
     s.converge("SIGKILL of node-2's proxy").await;
 
     // Rolling restarts by SIGTERM: each DNS pod and each proxy pod deleted and replaced.
@@ -350,9 +575,29 @@ async fn the_plane_converges_after_every_fault() {
     // The API server slow, then refusing (429), then failing (500), for the pods only (a
     // proxy in front of it; the test's own client goes direct).
     let faults = [
-        ("every request delayed 2 s", Mode { delay: Duration::from_secs(2), ..Mode::default() }),
-        ("half the requests answered 429", Mode { status: Some(429), percent: 50, ..Mode::default() }),
-        ("every request answered 500", Mode { status: Some(500), percent: 100, ..Mode::default() }),
+        (
+            "every request delayed 2 s",
+            Mode {
+                delay: Duration::from_secs(2),
+                ..Mode::default()
+            },
+        ),
+        (
+            "half the requests answered 429",
+            Mode {
+                status: Some(429),
+                percent: 50,
+                ..Mode::default()
+            },
+        ),
+        (
+            "every request answered 500",
+            Mode {
+                status: Some(500),
+                percent: 100,
+                ..Mode::default()
+            },
+        ),
     ];
     for (what, mode) in faults {
         let before = restarts(&pods(&s.cluster, "kube-system", "svcplane-").await);
@@ -363,7 +608,8 @@ async fn the_plane_converges_after_every_fault() {
         let proxy = s.cluster.api_faults().expect("the fault proxy");
         let (_, failed) = proxy.counts();
         proxy.set(Mode::default());
-        s.converge(&format!("API server: {what} during 40 operations")).await;
+        s.converge(&format!("API server: {what} during 40 operations"))
+            .await;
         let after = restarts(&pods(&s.cluster, "kube-system", "svcplane-").await);
         s.report.lines.push(format!(
             "API server, {what}: {} requests failed by the proxy; {} component restarts",
@@ -452,7 +698,10 @@ async fn the_plane_converges_after_every_fault() {
         "an allocator restarted under malformed AdmissionReviews"
     );
     assert_eq!(accepted, 0, "a malformed AdmissionReview was answered 200");
-    assert!(answered > 0, "no 4xx answer to malformed reviews: {statuses:?}");
+    assert!(
+        answered > 0,
+        "no 4xx answer to malformed reviews: {statuses:?}"
+    );
     s.report.lines.push(format!(
         "{} malformed AdmissionReviews: {answered} answered 4xx, no allocator restart",
         statuses.len()
@@ -533,7 +782,8 @@ async fn the_plane_converges_after_every_fault() {
             .expect("a hand-made slice");
     }
     s.churn_during(10, async {}).await;
-    s.converge("Services and slices at the edge of validity").await;
+    s.converge("Services and slices at the edge of validity")
+        .await;
     for name in [long.as_str(), "manual"] {
         services
             .delete(name, &DeleteParams::default())
@@ -543,6 +793,11 @@ async fn the_plane_converges_after_every_fault() {
     for name in ["manual-fqdn", "manual-empty"] {
         let _ = slices.delete(name, &DeleteParams::default()).await;
     }
+
+    // --- A selector matching 5,000 pods (API objects on a node no kubelet runs, reported
+    // running and ready by the test, addresses 10.244.100.0 and up).
+    let big = big_selector(&s.cluster, 5_000).await;
+    s.report.lines.push(big);
 
     // --- Allocator kill storm: both replicas SIGKILLed again and again while Services come
     // and go.
@@ -577,10 +832,7 @@ async fn the_plane_converges_after_every_fault() {
         .await
         .expect("API server back");
     s.churn_during(20, async {}).await;
-    s.churn
-        .restore_nodes(&s.cluster)
-        .await
-        .expect("nodes back");
+    s.churn.restore_nodes(&s.cluster).await.expect("nodes back");
     s.converge("combined: endpoints leader, DNS replica, proxy and API server")
         .await;
 
@@ -602,12 +854,19 @@ async fn the_plane_converges_after_every_fault() {
         s.churn.ops
     );
     for (after, took) in &s.report.converged {
-        let _ = writeln!(figures, "  {after}: converged in {:.1} s", took.as_secs_f64());
+        let _ = writeln!(
+            figures,
+            "  {after}: converged in {:.1} s",
+            took.as_secs_f64()
+        );
     }
     for line in &s.report.lines {
         let _ = writeln!(figures, "  {line}");
     }
-    let _ = writeln!(figures, "  memory (RSS, MiB) of each process before -> after {ops} operations:");
+    let _ = writeln!(
+        figures,
+        "  memory (RSS, MiB) of each process before -> after {ops} operations:"
+    );
     for (pid, (who, before)) in &memory_before {
         if let Some((_, after)) = memory_after.get(pid) {
             let _ = writeln!(

@@ -1,7 +1,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -283,7 +283,9 @@ impl TestEnv {
     }
 
     fn apiserver(&self) -> MutexGuard<'_, Process> {
-        self.apiserver.lock().unwrap_or_else(PoisonError::into_inner)
+        self.apiserver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops kube-apiserver (etcd keeps running), as an outage would.
