@@ -82,9 +82,10 @@ impl Suite {
         let cluster = &self.cluster;
         let churn = &mut self.churn;
         let (log, ()) = tokio::join!(churn.burst(cluster, n, Duration::from_millis(150)), fault);
-        let refused = log.iter().filter(|l| l.starts_with("refused")).count();
+        let refused: Vec<&String> = log.iter().filter(|l| l.starts_with("refused")).collect();
         eprintln!(
-            "fault suite: {n} operations ({refused} refused by the API), last: {:?}",
+            "fault suite: {n} operations ({} refused by the API {refused:?}), last: {:?}",
+            refused.len(),
             log.last()
         );
     }
