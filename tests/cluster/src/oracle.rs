@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::IPAddress;
@@ -31,6 +32,37 @@ pub struct Scope {
     pub namespaces: Vec<String>,
     /// (namespace, name) of Services deleted along the way.
     pub deleted: BTreeSet<(String, String)>,
+    /// Ready pods of each kube-system Deployment and DaemonSet when all was well (see
+    /// [`components`]); at rest means as many again.
+    pub components: BTreeMap<String, i32>,
+}
+
+/// Ready pods of each Deployment and DaemonSet in kube-system (the svcplane components).
+pub async fn components(cluster: &Cluster) -> Result<BTreeMap<String, i32>, String> {
+    let client = cluster.client().clone();
+    let mut ready = BTreeMap::new();
+    for d in list(Api::<Deployment>::namespaced(client.clone(), "kube-system")).await? {
+        let n = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        ready.insert(d.metadata.name.unwrap_or_default(), n);
+    }
+    for d in list(Api::<DaemonSet>::namespaced(client, "kube-system")).await? {
+        let n = d.status.map_or(0, |s| s.number_ready);
+        ready.insert(d.metadata.name.unwrap_or_default(), n);
+    }
+    Ok(ready)
+}
+
+/// Whether a Lease holder `<pod>_<pid>` of an svcplane component is a live process (pods share
+/// the host's pid namespace here); an empty holder counts as not live.
+fn holder_alive(holder: &str) -> bool {
+    let Some(pid) = holder
+        .rsplit_once('_')
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("svcplane-"))
 }
 
 const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 16);
@@ -150,47 +182,33 @@ struct Objects {
     addresses: Vec<IPAddress>,
 }
 
+async fn list<K>(api: Api<K>) -> Result<Vec<K>, String>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items)
+}
+
 async fn read(cluster: &Cluster, scope: &Scope) -> Result<Objects, String> {
     let client = cluster.client().clone();
-    let e = |e: kube::Error| e.to_string();
-    let lp = ListParams::default();
     let mut o = Objects {
-        services: Api::<Service>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(e)?
-            .items,
+        services: list(Api::<Service>::all(client.clone())).await?,
         pods: Vec::new(),
         endpoints: Vec::new(),
         slices: Vec::new(),
-        addresses: Api::<IPAddress>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(e)?
-            .items,
+        addresses: list(Api::<IPAddress>::all(client.clone())).await?,
     };
     for ns in &scope.namespaces {
-        o.pods.extend(
-            Api::<Pod>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await
-                .map_err(e)?
-                .items,
-        );
-        o.endpoints.extend(
-            Api::<Endpoints>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await
-                .map_err(e)?
-                .items,
-        );
-        o.slices.extend(
-            Api::<EndpointSlice>::namespaced(client.clone(), ns)
-                .list(&lp)
-                .await
-                .map_err(e)?
-                .items,
-        );
+        o.pods
+            .extend(list(Api::<Pod>::namespaced(client.clone(), ns)).await?);
+        o.endpoints
+            .extend(list(Api::<Endpoints>::namespaced(client.clone(), ns)).await?);
+        o.slices
+            .extend(list(Api::<EndpointSlice>::namespaced(client.clone(), ns)).await?);
     }
     Ok(o)
 }
@@ -642,8 +660,36 @@ pub async fn check(cluster: &Cluster, scope: &Scope) -> Vec<String> {
 }
 
 /// Whether the workload is at rest: every Deployment has as many pods as it wants, none
-/// terminating, each with an address.
+/// terminating, each with an address; and the components are back: as many ready pods as at
+/// the start, every svcplane Lease held by a live process.
 pub async fn quiet(cluster: &Cluster, scope: &Scope) -> Result<(), String> {
+    let now = components(cluster).await?;
+    for (name, want) in &scope.components {
+        let have = now.get(name).copied().unwrap_or(0);
+        if have < *want {
+            return Err(format!(
+                "kube-system/{name}: {have} ready, {want} at the start"
+            ));
+        }
+    }
+    for lease in list(Api::<Lease>::namespaced(
+        cluster.client().clone(),
+        "kube-system",
+    ))
+    .await?
+    {
+        let name = lease.metadata.name.unwrap_or_default();
+        if !name.starts_with("svcplane-") {
+            continue;
+        }
+        let holder = lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        if !holder_alive(&holder) {
+            return Err(format!("Lease {name} held by {holder:?}, no live process"));
+        }
+    }
     for ns in &scope.namespaces {
         let pods = Api::<Pod>::namespaced(cluster.client().clone(), ns)
             .list(&ListParams::default())

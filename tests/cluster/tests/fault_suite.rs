@@ -23,6 +23,8 @@ use svcplane_cluster::churn::{self, Churn};
 use svcplane_cluster::oracle::{self, Scope};
 use svcplane_cluster::{Cluster, net};
 
+use common::pods;
+
 /// What the suite measured, printed at the end.
 #[derive(Debug, Default)]
 struct Report {
@@ -34,6 +36,8 @@ struct Suite {
     cluster: Cluster,
     churn: Churn,
     report: Report,
+    /// Ready pods per component at the start.
+    components: BTreeMap<String, i32>,
 }
 
 impl Suite {
@@ -46,6 +50,7 @@ impl Suite {
                 .iter()
                 .map(|n| (churn::NAMESPACE.to_owned(), n.clone()))
                 .collect(),
+            components: self.components.clone(),
         }
     }
 
@@ -91,6 +96,33 @@ impl Suite {
     }
 }
 
+/// What a SIGKILL hits: a kube-system pod's processes, or a node's (its proxy).
+enum Victim {
+    Pod(String),
+    Node(usize),
+}
+
+impl Suite {
+    /// 20 churn operations; half a second in, SIGKILL to `victim`; then convergence.
+    async fn sigkill_under_churn(&mut self, victim: Victim, what: &str) {
+        let c = &self.cluster;
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match &victim {
+                Victim::Pod(name) => c.kill_pod("kube-system", name).await,
+                Victim::Node(n) => c.kill_node_processes(*n).await,
+            }
+            .expect("kill");
+        };
+        let _ = tokio::join!(self.churn.burst(c, 20, Duration::from_millis(150)), kill);
+        self.churn
+            .restore_nodes(&self.cluster)
+            .await
+            .expect("nodes back");
+        self.converge(&format!("SIGKILL of {what}")).await;
+    }
+}
+
 /// The pod of a `prefix`… Deployment that holds its Lease (`holder` is `<pod>_<pid>`).
 async fn leader(cluster: &Cluster, prefix: &str) -> String {
     let leases = Api::<Lease>::namespaced(cluster.client().clone(), "kube-system")
@@ -104,23 +136,6 @@ async fn leader(cluster: &Cluster, prefix: &str) -> String {
         .filter(|h| h.starts_with(prefix))
         .find_map(|h| h.rsplit_once('_').map(|(pod, _)| pod.to_owned()))
         .unwrap_or_else(|| panic!("no Lease held by a {prefix} pod"))
-}
-
-async fn pods(cluster: &Cluster, namespace: &str, prefix: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(cluster.client().clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 fn restarts(pods: &[Pod]) -> i32 {
@@ -456,57 +471,41 @@ async fn the_plane_converges_after_every_fault() {
         cluster,
         churn,
         report: Report::default(),
+        components: BTreeMap::new(),
     };
     s.converge("start").await;
+    // What "the components are back" means from here on: as many ready as now (the allocator
+    // has one: only its leader is ready).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.components = oracle::components(&s.cluster).await.expect("components");
+    eprintln!("fault suite: ready at the start: {:?}", s.components);
 
     // --- One fault at a time, each under churn.
     s.churn_during(30, async {}).await;
     s.converge("churn alone").await;
 
     let endpoints_leader = leader(&s.cluster, "svcplane-endpoints-").await;
-    let c = &s.cluster;
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.kill_pod("kube-system", &endpoints_leader)
-            .await
-            .expect("kill");
-    };
-    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
-    s.converge("SIGKILL of the endpoints leader").await;
+    s.sigkill_under_churn(
+        Victim::Pod(endpoints_leader.clone()),
+        "the endpoints leader",
+    )
+    .await;
     let new_leader = leader(&s.cluster, "svcplane-endpoints-").await;
     s.report.lines.push(format!(
         "endpoints leader {endpoints_leader} killed; the Lease went to {new_leader}"
     ));
-
     let allocator_leader = leader(&s.cluster, "svcplane-allocator-").await;
-    let c = &s.cluster;
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.kill_pod("kube-system", &allocator_leader)
-            .await
-            .expect("kill");
-    };
-    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
-    s.converge("SIGKILL of the allocator leader").await;
-
-    let dns = pods(&s.cluster, "kube-system", "svcplane-dns-").await;
-    let dns_one = dns[0].metadata.name.clone().expect("name");
-    let c = &s.cluster;
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.kill_pod("kube-system", &dns_one).await.expect("kill");
-    };
-    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
-    s.converge("SIGKILL of one DNS replica").await;
-
-    let c = &s.cluster;
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.kill_node_processes(2).await.expect("kill");
-    };
-    let _ = tokio::join!(s.churn.burst(c, 20, Duration::from_millis(150)), kill);
-    s.churn.restore_nodes(&s.cluster).await.expect("nodes back");
-    s.converge("SIGKILL of node-2's proxy").await;
+    s.sigkill_under_churn(Victim::Pod(allocator_leader), "the allocator leader")
+        .await;
+    let dns_one = pods(&s.cluster, "kube-system", "svcplane-dns-").await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    s.sigkill_under_churn(Victim::Pod(dns_one), "one DNS replica")
+        .await;
+    s.sigkill_under_churn(Victim::Node(2), "node-2's proxy")
+        .await;
 
     // Rolling restarts by SIGTERM: each DNS pod and each proxy pod deleted and replaced.
     let c = &s.cluster;

@@ -5,7 +5,7 @@
 //! recorded in docs/reliability.md).
 //!
 //! The rest of the fault suite (churn with an oracle, API server faults, watch expiry, bad
-//! input at rate) is still to come.
+//! input at rate) is `fault_suite.rs`.
 
 mod common;
 
@@ -91,15 +91,10 @@ fn request(stream: &mut BufReader<TcpStream>) -> Result<String, String> {
 }
 
 async fn pod_names(cluster: &Cluster, namespace: &str, prefix: &str) -> Vec<String> {
-    Api::<Pod>::namespaced(cluster.client().clone(), namespace)
-        .list(&ListParams::default())
+    common::pods(cluster, namespace, prefix)
         .await
-        .expect("pods")
-        .items
         .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| p.metadata.name)
-        .filter(|n| n.starts_with(prefix))
         .collect()
 }
 

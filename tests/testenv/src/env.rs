@@ -266,13 +266,7 @@ impl TestEnv {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let apiserver = self.apiserver();
-                return Err(Error::NotReady {
-                    name: "kube-apiserver",
-                    seconds: READY_TIMEOUT.as_secs(),
-                    log: apiserver.log.clone(),
-                    tail: apiserver.log_tail(),
-                });
+                return Err(self.apiserver_not_ready());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -280,6 +274,16 @@ impl TestEnv {
 
     fn etcd(&self) -> MutexGuard<'_, Process> {
         self.etcd.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apiserver_not_ready(&self) -> Error {
+        let apiserver = self.apiserver();
+        Error::NotReady {
+            name: "kube-apiserver",
+            seconds: READY_TIMEOUT.as_secs(),
+            log: apiserver.log.clone(),
+            tail: apiserver.log_tail(),
+        }
     }
 
     fn apiserver(&self) -> MutexGuard<'_, Process> {
@@ -319,13 +323,7 @@ impl TestEnv {
                 break;
             }
             if Instant::now() > deadline {
-                let apiserver = self.apiserver();
-                return Err(Error::NotReady {
-                    name: "kube-apiserver",
-                    seconds: READY_TIMEOUT.as_secs(),
-                    log: apiserver.log.clone(),
-                    tail: apiserver.log_tail(),
-                });
+                return Err(self.apiserver_not_ready());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -54,3 +54,25 @@ pub async fn start_with(test: &str, nodes: usize, api_faults: bool) -> Cluster {
     .await
     .expect("the local cluster starts")
 }
+
+/// The pods of `namespace` whose names start with `prefix`, not being deleted.
+pub async fn pods(
+    cluster: &Cluster,
+    namespace: &str,
+    prefix: &str,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client().clone(), namespace)
+        .list(&Default::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
