@@ -759,3 +759,147 @@ pub async fn converge(
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("a valid object")
+    }
+
+    fn pod(name: &str, ip: &str, ready: bool) -> Pod {
+        obj(json!({
+            "metadata": { "name": name, "namespace": "churn", "labels": { "app": "a" } },
+            "status": { "podIP": ip, "phase": "Running", "conditions": [
+                { "type": "Ready", "status": if ready { "True" } else { "False" } }] },
+        }))
+    }
+
+    /// One Service `web` (10.96.0.20, NodePort 30080) over pods p1 (ready) and p2 (not), with
+    /// everything the components should have made for it.
+    fn consistent() -> Objects {
+        Objects {
+            services: vec![obj(json!({
+                "metadata": { "name": "web", "namespace": "churn" },
+                "spec": { "type": "NodePort", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                    "selector": { "app": "a" },
+                    "ports": [{ "name": "http", "port": 80, "targetPort": "http", "nodePort": 30080 }] },
+            }))],
+            pods: vec![
+                pod("p1", "10.244.1.2", true),
+                pod("p2", "10.244.2.2", false),
+            ],
+            endpoints: vec![obj(json!({
+                "metadata": { "name": "web", "namespace": "churn" },
+                "subsets": [{ "addresses": [{ "ip": "10.244.1.2" }],
+                    "notReadyAddresses": [{ "ip": "10.244.2.2" }],
+                    "ports": [{ "name": "http", "port": 8080 }] }],
+            }))],
+            slices: vec![obj(json!({
+                "metadata": { "name": "web-x", "namespace": "churn",
+                    "labels": { "kubernetes.io/service-name": "web" } },
+                "addressType": "IPv4",
+                "endpoints": [
+                    { "addresses": ["10.244.1.2"], "conditions": { "ready": true, "serving": true, "terminating": false } },
+                    { "addresses": ["10.244.2.2"], "conditions": { "ready": false, "serving": false, "terminating": false } }],
+                "ports": [{ "name": "http", "port": 8080 }],
+            }))],
+            addresses: vec![obj(json!({
+                "metadata": { "name": "10.96.0.20" },
+                "spec": { "parentRef": { "resource": "services", "namespace": "churn", "name": "web" } },
+            }))],
+        }
+    }
+
+    fn divergences(o: &Objects, deleted: &[&str]) -> Vec<String> {
+        let scope = Scope {
+            components: BTreeMap::new(),
+            namespaces: vec!["churn".into()],
+            deleted: deleted
+                .iter()
+                .map(|n| ("churn".to_owned(), (*n).to_owned()))
+                .collect(),
+        };
+        let mut wrong = Vec::new();
+        check_objects(o, &scope, &mut wrong);
+        wrong
+    }
+
+    #[test]
+    fn a_consistent_plane_passes() {
+        assert_eq!(divergences(&consistent(), &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_divergence_is_reported() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Objects)>)> = vec![
+            (
+                "Endpoints ready",
+                Box::new(|o| o.pods[1] = pod("p2", "10.244.2.2", true)),
+            ),
+            (
+                "ClusterIP 10.96.0.20 given to",
+                Box::new(|o| {
+                    let mut twin = o.services[0].clone();
+                    twin.metadata.name = Some("twin".into());
+                    o.services.push(twin);
+                }),
+            ),
+            (
+                "leaked",
+                Box::new(|o| {
+                    o.addresses.push(obj(json!({
+                        "metadata": { "name": "10.96.0.99" },
+                        "spec": { "parentRef": { "resource": "services", "namespace": "churn", "name": "gone" } },
+                    })))
+                }),
+            ),
+            ("has no IPAddress", Box::new(|o| o.addresses.clear())),
+            (
+                "outside 30000-32767",
+                Box::new(|o| {
+                    if let Some(p) = o.services[0].spec.as_mut().and_then(|s| s.ports.as_mut()) {
+                        p[0].node_port = Some(8080);
+                    }
+                }),
+            ),
+            (
+                "EndpointSlices (ready, serving, terminating)",
+                Box::new(|o| {
+                    if let Some(eps) = o.slices[0].endpoints.as_mut() {
+                        eps.pop();
+                    }
+                }),
+            ),
+            (
+                "is in two EndpointSlices",
+                Box::new(|o| {
+                    let mut twin = o.slices[0].clone();
+                    twin.metadata.name = Some("web-y".into());
+                    o.slices.push(twin);
+                }),
+            ),
+        ];
+        for (want, change) in cases {
+            let mut o = consistent();
+            change(&mut o);
+            let wrong = divergences(&o, &[]);
+            assert!(
+                wrong.iter().any(|w| w.contains(want)),
+                "{want:?} not reported: {wrong:?}"
+            );
+        }
+        // What a deleted Service leaves behind.
+        let mut o = consistent();
+        o.services.clear();
+        o.addresses.clear();
+        let wrong = divergences(&o, &["web"]);
+        assert!(
+            wrong.iter().any(|w| w.contains("Endpoints outlived"))
+                && wrong.iter().any(|w| w.contains("EndpointSlices outlived")),
+            "{wrong:?}"
+        );
+    }
+}

@@ -54,8 +54,13 @@ impl Suite {
         }
     }
 
-    /// Waits for rest and the oracle; records the time, or fails with the divergences.
+    /// Adds back a node the workload removed, waits for rest and the oracle; records the
+    /// time, or fails with the divergences.
     async fn converge(&mut self, after: &str) {
+        self.churn
+            .restore_nodes(&self.cluster)
+            .await
+            .expect("nodes back");
         let scope = self.scope();
         match oracle::converge(&self.cluster, &scope, Duration::from_secs(120)).await {
             Ok((took, waited)) => {
@@ -115,10 +120,6 @@ impl Suite {
             .expect("kill");
         };
         let _ = tokio::join!(self.churn.burst(c, 20, Duration::from_millis(150)), kill);
-        self.churn
-            .restore_nodes(&self.cluster)
-            .await
-            .expect("nodes back");
         self.converge(&format!("SIGKILL of {what}")).await;
     }
 }
@@ -832,7 +833,6 @@ async fn the_plane_converges_after_every_fault() {
         .await
         .expect("API server back");
     s.churn_during(20, async {}).await;
-    s.churn.restore_nodes(&s.cluster).await.expect("nodes back");
     s.converge("combined: endpoints leader, DNS replica, proxy and API server")
         .await;
 
