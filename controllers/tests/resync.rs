@@ -45,7 +45,7 @@ async fn etcd_delete(etcd_url: &str, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_during_an_outage_are_found_by_the_relist() {
-    let mut env = TestEnv::start().await.expect("control plane");
+    let env = TestEnv::start().await.expect("control plane");
     let ns = "shop";
     let client = cluster(&env, ns, &[("node-a", Some("zone-a"))]).await;
     let controller = start(&env, &[]);

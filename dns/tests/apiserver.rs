@@ -330,7 +330,7 @@ async fn answers_follow_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_survive_an_api_server_outage_and_resync_after() {
-    let mut env = TestEnv::start().await.expect("control plane");
+    let env = TestEnv::start().await.expect("control plane");
     let client = env.client().await.expect("client");
     kubelet::create_namespace(&client, "shop")
         .await

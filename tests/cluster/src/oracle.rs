@@ -834,7 +834,8 @@ mod tests {
 
     #[test]
     fn each_divergence_is_reported() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Objects)>)> = vec![
+        type Change = Box<dyn Fn(&mut Objects)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "Endpoints ready",
                 Box::new(|o| o.pods[1] = pod("p2", "10.244.2.2", true)),
