@@ -41,6 +41,20 @@ impl Expectations {
             .insert(uid.to_owned(), None);
     }
 
+    /// The slice with `uid` of `service` is gone from the cache (its deletion event arrived,
+    /// ours or anybody's): nothing more to expect of it (upstream's `HandleDeletion`).
+    /// Without this, a slice we wrote and someone else deleted (the garbage collector after
+    /// the Service was re-created under the same name, a user) would leave the Service stale
+    /// for good: "one we wrote is missing".
+    pub fn gone(&mut self, service: &ObjectKey, uid: &str) {
+        if let Some(expected) = self.by_service.get_mut(service) {
+            expected.remove(uid);
+            if expected.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
     /// The Service is gone: nothing more to expect.
     pub fn forget(&mut self, service: &ObjectKey) {
         self.by_service.remove(service);

@@ -162,10 +162,19 @@ impl Store for Slices<'_> {
             Part::Slices
         };
         let touched = self.cache.apply_slice(key, value.clone());
-        let expectations = self.controller.expectations(part);
-        let foreign = touched
-            .into_iter()
-            .filter(|svc| !expectations.is_own_echo(svc, value.as_deref(), before.as_deref()));
+        let mut expectations = self.controller.expectations(part);
+        let foreign: Vec<ObjectKey> = touched
+            .iter()
+            .filter(|svc| !expectations.is_own_echo(svc, value.as_deref(), before.as_deref()))
+            .cloned()
+            .collect();
+        if let (None, Some(gone)) = (&value, before.as_deref())
+            && let Some(uid) = gone.metadata.uid.as_deref()
+        {
+            for svc in &touched {
+                expectations.gone(svc, uid);
+            }
+        }
         match part {
             Part::Mirror => self.mirrored.extend(foreign),
             _ => self.own.extend(foreign),

@@ -329,3 +329,23 @@ async fn a_late_event_of_our_own_earlier_write_does_not_regress_the_cache() {
     );
     assert_eq!(f.endpoints.calls().len(), calls);
 }
+
+/// Regression (found by the endpoints differential test in the fault-suite session): a slice
+/// we wrote and someone else deleted (the garbage collector, after the Service was re-created
+/// under the same name before we synced it) stayed "expected", so every later sync of the
+/// Service was stale and its slices were never written again.
+#[tokio::test]
+async fn a_slice_deleted_by_someone_else_is_written_again() {
+    let f = fixture();
+    f.controller.sync(Part::Slices, &web()).await.expect("sync");
+    let written: EndpointSlice = f.slices.slices().pop().expect("a slice");
+    f.slices.remove_slice(&ObjectKey::of(&written));
+    let mut informers = f.controller.informers();
+    f.controller.handle(
+        &mut informers,
+        intake::Update::Slice(Box::new(kube::runtime::watcher::Event::Delete(written))),
+    );
+    let outcome = f.controller.sync(Part::Slices, &web()).await.expect("sync");
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(f.slices.slices().len(), 1, "{:?}", f.slices.calls());
+}

@@ -171,6 +171,11 @@ impl FakeWriter {
         self.state().slices.values().cloned().collect()
     }
 
+    /// Someone else deletes the slice `key` on the server.
+    pub fn remove_slice(&self, key: &ObjectKey) {
+        self.state().slices.remove(key);
+    }
+
     /// From now on writes wait for permits handed out by the returned semaphore.
     pub fn hold(&self) -> Arc<Semaphore> {
         let gate = Arc::new(Semaphore::new(0));

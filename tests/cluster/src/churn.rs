@@ -21,8 +21,7 @@ use crate::Cluster;
 pub const NAMESPACE: &str = "churn";
 /// The Deployments Services select from.
 pub const APPS: usize = 3;
-/// The node the workload removes and adds back (the last one; node-1 carries the webhook's
-/// egress and the external host's route, so it stays).
+/// At most this many pods in all: scaling stops there (two cores run the whole cluster).
 const MAX_PODS: i32 = 9;
 
 /// The kinds of Service the workload makes.
@@ -285,7 +284,8 @@ impl Churn {
                     .await?;
                 Ok(format!("deleted pod {name}"))
             }
-            // Remove the last node, or add it back.
+            // Remove the last node, or add it back (node-1 carries the webhook's egress, the
+            // external host's route and the client pod, so it stays).
             94..100 if cluster.nodes().len() > 2 => {
                 let node = cluster.nodes().last().context("nodes")?.name.clone();
                 if self.removed_nodes.remove(&node) {

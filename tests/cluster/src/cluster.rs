@@ -198,14 +198,7 @@ impl Cluster {
         net::add_lan(&names).await?;
         for node in &nodes {
             net::add_node(&names, &node.name, node.n, nodes.len()).await?;
-            kubelet::create_node(&client, &node.name, None, net::node_ip(node.n).into()).await?;
-            Api::<Node>::all(client.clone())
-                .patch(
-                    &node.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}})),
-                )
-                .await?;
+            register_node(&client, node).await?;
         }
         progress(&format!(
             "{} nodes up: namespaces {} on LAN 192.0.2.0/24",
@@ -497,15 +490,7 @@ impl Cluster {
             .iter()
             .find(|n| n.name == name)
             .context("not a node of this cluster")?;
-        kubelet::create_node(&self.client, &node.name, None, net::node_ip(node.n).into()).await?;
-        Api::<Node>::all(self.client.clone())
-            .patch(
-                &node.name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}})),
-            )
-            .await?;
-        Ok(())
+        register_node(&self.client, node).await
     }
 
     /// Stops the pods (SIGTERM, then SIGKILL after 2 s), the control plane, and removes every
@@ -520,6 +505,20 @@ impl Cluster {
         self.env = None;
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
+}
+
+/// The Node object a kubelet would register (ready, with its LAN address and the OS label the
+/// DaemonSets select on).
+async fn register_node(client: &Client, node: &NodeInfo) -> anyhow::Result<()> {
+    kubelet::create_node(client, &node.name, None, net::node_ip(node.n).into()).await?;
+    Api::<Node>::all(client.clone())
+        .patch(
+            &node.name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"kubernetes.io/os": "linux"}}})),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn kill_all_in(ns: &str) -> anyhow::Result<usize> {

@@ -5,8 +5,9 @@
 //! every DNS name answering as its Service says, every ClusterIP/NodePort/LoadBalancer IP
 //! reaching exactly the ready pods. A divergence left after two minutes fails with the list.
 //!
-//! Printed for docs/reliability.md: time to converge after each fault, memory of each component
-//! at the start and the end. `SVCPLANE_FAULT_SEED` picks another seed.
+//! Printed for docs/reliability.md (`bench/faults.sh`): time to converge after each fault, what
+//! each fault did, and the memory of every svcplane process before and after
+//! `SVCPLANE_MEMORY_OPS` operations without faults. `SVCPLANE_FAULT_SEED` picks another seed.
 
 mod common;
 
@@ -99,15 +100,7 @@ impl Suite {
             log.last()
         );
     }
-}
 
-/// What a SIGKILL hits: a kube-system pod's processes, or a node's (its proxy).
-enum Victim {
-    Pod(String),
-    Node(usize),
-}
-
-impl Suite {
     /// 20 churn operations; half a second in, SIGKILL to `victim`; then convergence.
     async fn sigkill_under_churn(&mut self, victim: Victim, what: &str) {
         let c = &self.cluster;
@@ -122,6 +115,12 @@ impl Suite {
         let _ = tokio::join!(self.churn.burst(c, 20, Duration::from_millis(150)), kill);
         self.converge(&format!("SIGKILL of {what}")).await;
     }
+}
+
+/// What a SIGKILL hits: a kube-system pod's processes, or a node's (its proxy).
+enum Victim {
+    Pod(String),
+    Node(usize),
 }
 
 /// The pod of a `prefix`… Deployment that holds its Lease (`holder` is `<pod>_<pid>`).

@@ -76,6 +76,8 @@ pub struct TestEnv {
     keep_dir: bool,
     /// How kube-apiserver was started, to start it again after [`TestEnv::stop_apiserver`].
     apiserver_cmd: (PathBuf, Vec<String>),
+    /// Restarts so far, to name each restart's log.
+    restarts: std::sync::atomic::AtomicU32,
 }
 
 impl TestEnv {
@@ -228,6 +230,7 @@ impl TestEnv {
             kubeconfig_path,
             keep_dir: false,
             apiserver_cmd,
+            restarts: Default::default(),
         };
         if let Err(error) = env.wait_ready().await {
             env.keep_dir = true;
@@ -298,10 +301,14 @@ impl TestEnv {
     }
 
     /// Starts kube-apiserver again on the same port and data (stopping it first if it runs),
-    /// and waits until it is ready. Its log is then `kube-apiserver.restarted.log`.
+    /// and waits until it is ready. Its log is then `kube-apiserver.restarted-N.log` (N from 1).
     pub async fn restart_apiserver(&self) -> Result<()> {
         self.stop_apiserver();
-        let log = self.dir.join("kube-apiserver.restarted.log");
+        let n = self
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let log = self.dir.join(format!("kube-apiserver.restarted-{n}.log"));
         let process = Process::spawn(
             "kube-apiserver",
             &self.apiserver_cmd.0,

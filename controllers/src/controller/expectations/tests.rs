@@ -70,3 +70,25 @@ fn own_echoes_are_recognised_and_foreign_changes_are_not() {
         );
     }
 }
+
+#[test]
+fn a_slice_someone_else_deleted_is_no_longer_expected() {
+    // Regression (fault suite, differential test): the garbage collector deleted a slice we
+    // had written (its Service was re-created under the same name), and the Service stayed
+    // stale for good because "one we wrote is missing".
+    let mut e = Expectations::default();
+    e.written(&web(), &slice("a", 3));
+    e.written(&web(), &slice("b", 1));
+    assert!(e.is_stale(&web(), [&slice("b", 1)]), "a is missing");
+    e.gone(&web(), "a");
+    assert!(!e.is_stale(&web(), [&slice("b", 1)]));
+    // Our own deletion's event clears its entry the same way.
+    e.deleted(&web(), "b");
+    assert!(e.is_stale(&web(), [&slice("b", 1)]));
+    e.gone(&web(), "b");
+    assert!(!e.is_stale(&web(), []));
+    // Unknown slices and Services change nothing.
+    e.gone(&ObjectKey::new("ns", "other"), "z");
+    e.gone(&web(), "z");
+    assert!(!e.is_stale(&web(), []));
+}
