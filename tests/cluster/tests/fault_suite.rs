@@ -794,6 +794,32 @@ async fn the_plane_converges_after_every_fault() {
         let _ = slices.delete(name, &DeleteParams::default()).await;
     }
 
+    // svcplane-endpoints' slices deleted by someone else (a user; the garbage collector after a
+    // Service is re-created under its name): each must be written again.
+    let managed = slices
+        .list(
+            &ListParams::default()
+                .labels("endpointslice.kubernetes.io/managed-by=endpointslice.svcplane.dev"),
+        )
+        .await
+        .expect("slices");
+    let mut removed = 0;
+    for slice in managed.items.iter().take(3) {
+        if let Some(name) = &slice.metadata.name {
+            slices
+                .delete(name, &DeleteParams::default())
+                .await
+                .expect("delete a slice");
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no slice of svcplane-endpoints to delete");
+    s.churn_during(5, async {}).await;
+    s.converge(&format!(
+        "{removed} of svcplane-endpoints' slices deleted by hand"
+    ))
+    .await;
+
     // --- A selector matching 5,000 pods (API objects on a node no kubelet runs, reported
     // running and ready by the test, addresses 10.244.100.0 and up).
     let big = big_selector(&s.cluster, 5_000).await;
