@@ -213,6 +213,23 @@ async fn read(cluster: &Cluster, scope: &Scope) -> Result<Objects, String> {
     Ok(o)
 }
 
+/// The slices of Service `ns/name` (by their service-name label, whoever manages them).
+fn slices_of<'a>(
+    slices: &'a [EndpointSlice],
+    ns: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = &'a EndpointSlice> {
+    slices.iter().filter(move |s| {
+        s.metadata.namespace.as_deref() == Some(ns)
+            && s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .map(String::as_str)
+                == Some(name)
+    })
+}
+
 /// The API-level checks: endpoints, slices, allocations.
 fn check_objects(o: &Objects, scope: &Scope, wrong: &mut Vec<String>) {
     let in_scope = |ns: &str| scope.namespaces.iter().any(|n| n == ns);
@@ -228,18 +245,7 @@ fn check_objects(o: &Objects, scope: &Scope, wrong: &mut Vec<String>) {
         let endpoints = o.endpoints.iter().find(|e| {
             e.metadata.namespace.as_deref() == Some(ns) && e.metadata.name.as_deref() == Some(name)
         });
-        let slices: Vec<&EndpointSlice> = o
-            .slices
-            .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(name)
-            })
-            .collect();
+        let slices: Vec<&EndpointSlice> = slices_of(&o.slices, ns, name).collect();
         let Some(members) = members else {
             if svc
                 .spec
@@ -355,18 +361,7 @@ fn check_objects(o: &Objects, scope: &Scope, wrong: &mut Vec<String>) {
         }) {
             wrong.push(format!("{ns}/{name}: Endpoints outlived the Service"));
         }
-        let left = o
-            .slices
-            .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
-            .filter(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(name)
-            })
-            .count();
+        let left = slices_of(&o.slices, ns, name).count();
         if left > 0 {
             wrong.push(format!(
                 "{ns}/{name}: {left} EndpointSlices outlived the Service"

@@ -213,6 +213,19 @@ fn expired_watches(cluster: &Cluster) -> usize {
         .sum()
 }
 
+/// How many of the 5,000 pods' addresses (10.244.100.0 to 10.244.119.255) node `ns`'s
+/// svcplane table holds.
+async fn big_addresses_in_rules(ns: &str) -> Result<usize, String> {
+    let table = net::sh(&[
+        "ip", "netns", "exec", ns, "nft", "list", "table", "ip", "svcplane",
+    ])
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((100..120u8)
+        .map(|third| table.matches(&format!("10.244.{third}.")).count())
+        .sum())
+}
+
 /// Creates `count` ready pods and a Service selecting them in namespace `big`; checks that
 /// Endpoints hold the first 1,000 (annotated truncated, as upstream), the slices hold all of
 /// them 100 at most per slice, the name resolves and node-1's proxy has a rule per endpoint;
@@ -344,14 +357,7 @@ async fn big_selector(cluster: &Cluster, count: usize) -> String {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let table = net::sh(&[
-                "ip", "netns", "exec", &node1, "nft", "list", "table", "ip", "svcplane",
-            ])
-            .await
-            .map_err(|e| e.to_string())?;
-            let in_rules = (100..120u8)
-                .map(|third| table.matches(&format!("10.244.{third}.")).count())
-                .sum::<usize>();
+            let in_rules = big_addresses_in_rules(&node1).await?;
             if answer.trim() == ip && in_rules >= count {
                 Ok(())
             } else {
@@ -391,14 +397,7 @@ async fn big_selector(cluster: &Cluster, count: usize) -> String {
             .await
             .map_err(|e| e.to_string())?
             .is_some();
-        let table = net::sh(&[
-            "ip", "netns", "exec", &node1, "nft", "list", "table", "ip", "svcplane",
-        ])
-        .await
-        .map_err(|e| e.to_string())?;
-        let in_rules = (100..120u8)
-            .map(|third| table.matches(&format!("10.244.{third}.")).count())
-            .sum::<usize>();
+        let in_rules = big_addresses_in_rules(&node1).await?;
         if left_slices == 0 && !left_endpoints && in_rules == 0 {
             Ok(())
         } else {
