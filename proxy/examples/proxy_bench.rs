@@ -886,12 +886,7 @@ impl Bench {
     async fn start_node(&self, proxy: Proxy) -> anyhow::Result<(Node, Instant)> {
         let name = proxy.name();
         let ns = Netns::create(format!("{}-{name}", self.args.netns_prefix)).await?;
-        let apiserver: SocketAddr = self
-            .env
-            .server_url()
-            .trim_start_matches("https://")
-            .parse()
-            .context("API server address")?;
+        let apiserver = self.env.server_addr();
         let relay = ApiRelay::start(&ns.0, API_PORT, apiserver, self.env.dir()).await?;
         let kubeconfig = self.env.write_kubeconfig_via(
             &format!("{name}.kubeconfig"),

@@ -101,15 +101,20 @@ impl Parser {
 
     /// `<verb> <object> <family> <table> …`, or `<verb> table <family> <table>`: our table in
     /// family ip or ip6.
+    /// Called for every line (a full sync of ours prints one per element), so it allocates
+    /// nothing.
     fn is_ours(&self, line: &str) -> bool {
-        let words: Vec<&str> = line.split_whitespace().take(4).collect();
+        let mut words = line.split_whitespace();
+        let (Some(verb), Some(_), Some(family), Some(table)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return false;
+        };
         matches!(
-            words.as_slice(),
-            [verb, _, family, table]
-                if matches!(*verb, "add" | "delete" | "flush" | "replace" | "destroy" | "reset" | "rename")
-                    && matches!(*family, "ip" | "ip6")
-                    && *table == self.table
-        )
+            verb,
+            "add" | "delete" | "flush" | "replace" | "destroy" | "reset" | "rename"
+        ) && matches!(family, "ip" | "ip6")
+            && table == self.table
     }
 }
 

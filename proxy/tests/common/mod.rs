@@ -564,11 +564,7 @@ print(r.status); print(r.headers.get("X-Load-Balancing-Endpoint-Weight") or "");
     /// Makes `env`'s API server reachable at [`API_IN_NODE`] inside the node namespace, through
     /// a unix socket (no IP route out of the namespace). Dropping the relay stops it.
     pub async fn relay_api(&self, env: &TestEnv) -> ApiRelay {
-        let apiserver: std::net::SocketAddr = env
-            .server_url()
-            .trim_start_matches("https://")
-            .parse()
-            .expect("apiserver address");
+        let apiserver = env.server_addr();
         let port = API_IN_NODE
             .rsplit(':')
             .next()

@@ -730,7 +730,7 @@ impl Agent {
                         let r = ApiRelay::start(
                             &netns,
                             API_PORT,
-                            self.apiserver()?,
+                            self.apiserver(),
                             &self.settings.state_dir,
                         )
                         .await?;
@@ -741,7 +741,7 @@ impl Agent {
                         ApiRelay::start(
                             &netns,
                             API_PORT,
-                            self.apiserver()?,
+                            self.apiserver(),
                             &self.settings.state_dir,
                         )
                         .await?,
@@ -826,15 +826,10 @@ impl Agent {
         })
     }
 
-    fn apiserver(&self) -> anyhow::Result<SocketAddr> {
-        if let Some(target) = self.settings.api_target {
-            return Ok(target);
-        }
-        self.env
-            .server_url()
-            .trim_start_matches("https://")
-            .parse()
-            .context("the API server's address")
+    fn apiserver(&self) -> SocketAddr {
+        self.settings
+            .api_target
+            .unwrap_or_else(|| self.env.server_addr())
     }
 
     /// A kubeconfig with a token of ServiceAccount `namespace/sa`, for 127.0.0.1:6443 inside

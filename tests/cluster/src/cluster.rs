@@ -182,12 +182,7 @@ impl Cluster {
         };
         if options.api_faults {
             let env = cluster.env.as_ref().context("control plane")?;
-            let upstream: SocketAddr = env
-                .server_url()
-                .trim_start_matches("https://")
-                .parse()
-                .context("the API server's address")?;
-            let faults = ApiFaults::start(env.dir(), upstream).await?;
+            let faults = ApiFaults::start(env.dir(), env.server_addr()).await?;
             progress(&format!(
                 "pods reach the API server through a fault-injecting proxy at {}",
                 faults.addr()

@@ -221,14 +221,8 @@ async fn a_proxy_restart_breaks_no_connection() {
     }
     // SIGKILL: every process in node 1's namespace (the proxy) killed; the kubelet restarts it.
     let node1 = cluster.nodes()[0].ns.clone();
-    let pids = svcplane_cluster::net::sh(&["ip", "netns", "pids", &node1])
-        .await
-        .expect("pids");
-    for pid in pids.split_whitespace() {
-        svcplane_cluster::net::sh(&["kill", "-9", pid])
-            .await
-            .expect("kill");
-    }
+    let killed = cluster.kill_node_processes(1).await.expect("kill");
+    assert!(killed > 0, "nothing ran in node 1's namespace");
     eventually(
         Duration::from_secs(30),
         "node 1's proxy running again",

@@ -69,6 +69,8 @@ pub struct TestEnv {
     etcd: Mutex<Process>,
     dir: PathBuf,
     server_url: String,
+    /// The same, as an address (127.0.0.1 and the API server's port).
+    server_addr: SocketAddr,
     etcd_url: String,
     kubeconfig: Value,
     kubeconfig_path: PathBuf,
@@ -225,6 +227,7 @@ impl TestEnv {
             etcd: Mutex::new(etcd),
             dir,
             server_url,
+            server_addr: SocketAddr::from(([127, 0, 0, 1], api_port)),
             etcd_url,
             kubeconfig,
             kubeconfig_path,
@@ -316,13 +319,7 @@ impl TestEnv {
             log,
         )?;
         *self.apiserver() = process;
-        let port: u16 = self
-            .server_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| Error::Precondition(format!("no port in {}", self.server_url)))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = self.server_addr;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             self.apiserver().check_running()?;
@@ -422,6 +419,12 @@ impl TestEnv {
 
     pub fn server_url(&self) -> &str {
         &self.server_url
+    }
+
+    /// The API server's address (the host and port of [`TestEnv::server_url`]), for relays and
+    /// proxies in front of it.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server_addr
     }
 
     pub fn etcd_url(&self) -> &str {
