@@ -52,7 +52,7 @@ pub enum PodMode {
 }
 
 /// What answers depend on besides the index.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Lower-case, without a trailing dot, e.g. `cluster.local`.
     pub zone: String,

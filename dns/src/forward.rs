@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 16;
-/// Positive answers are cached at most this long, negative ones at most `MAX_NEGATIVE_TTL`.
+/// With flags (no Corefile), positive answers are cached at most this long, negative ones at
+/// most `MAX_NEGATIVE_TTL`.
 const MAX_TTL: u32 = 3600;
 const MAX_NEGATIVE_TTL: u32 = 1800;
 /// The EDNS buffer advertised upstream (the DNS flag day 2020 value).
@@ -30,6 +31,8 @@ pub enum ForwardError {
     Loop,
     #[error("every upstream failed; last error: {0}")]
     AllFailed(String),
+    #[error("more than max_concurrent ({0}) questions are upstream already")]
+    Overloaded(usize),
 }
 
 impl ForwardError {
@@ -39,6 +42,7 @@ impl ForwardError {
             ForwardError::NoUpstream => "no_upstream",
             ForwardError::Loop => "loop",
             ForwardError::AllFailed(_) => "upstreams_failed",
+            ForwardError::Overloaded(_) => "max_concurrent",
         }
     }
 }
@@ -64,6 +68,19 @@ struct Entry {
     reply: Reply,
     stored: Instant,
     ttl: u32,
+    /// Hits since `window` began, for prefetching.
+    hits: u32,
+    window: Instant,
+}
+
+/// What the cache holds for a key.
+#[derive(Debug)]
+enum Lookup {
+    /// TTLs lowered by the time spent in the cache; `refresh` when prefetching is due.
+    Fresh { reply: Reply, refresh: bool },
+    /// Expired, but within the serve_stale window; TTLs are 0.
+    Stale(Reply),
+    Miss,
 }
 
 /// A bounded cache in shards (one lock each, never one lock for all); when a shard is full an
@@ -89,24 +106,50 @@ impl Cache {
     }
 
     /// A hit with TTLs lowered by the time spent in the cache.
+    #[cfg(test)]
     fn get(&self, key: &Key) -> Option<Reply> {
+        match self.lookup(key, None, None) {
+            Lookup::Fresh { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    fn lookup(&self, key: &Key, stale: Option<Duration>, prefetch: Option<&crate::corefile::Prefetch>) -> Lookup {
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        let entry = shard.get(key)?;
-        let age = entry.stored.elapsed().as_secs() as u32;
+        let Some(entry) = shard.get_mut(key) else {
+            return Lookup::Miss;
+        };
+        let now = Instant::now();
+        let age = now.duration_since(entry.stored).as_secs() as u32;
         if age >= entry.ttl {
+            let stale_for = stale.map_or(0, |d| d.as_secs());
+            if u64::from(age - entry.ttl) < stale_for {
+                let mut reply = entry.reply.clone();
+                for_each_record(&mut reply, |r| r.ttl = 0);
+                return Lookup::Stale(reply);
+            }
             shard.remove(key);
-            return None;
+            return Lookup::Miss;
+        }
+        let mut refresh = false;
+        if let Some(p) = prefetch {
+            if now.duration_since(entry.window) > p.duration {
+                entry.window = now;
+                entry.hits = 0;
+            }
+            entry.hits += 1;
+            let left = entry.ttl - age;
+            if entry.hits >= p.amount
+                && u64::from(left) * 100 <= u64::from(entry.ttl) * u64::from(p.percentage)
+            {
+                // One refresh per window: the refreshed entry starts counting again.
+                entry.hits = 0;
+                refresh = true;
+            }
         }
         let mut reply = entry.reply.clone();
-        for r in reply
-            .answers
-            .iter_mut()
-            .chain(reply.authorities.iter_mut())
-            .chain(reply.additionals.iter_mut())
-        {
-            r.ttl = r.ttl.saturating_sub(age);
-        }
-        Some(reply)
+        for_each_record(&mut reply, |r| r.ttl = r.ttl.saturating_sub(age));
+        Lookup::Fresh { reply, refresh }
     }
 
     fn put(&self, key: Key, reply: Reply, ttl: u32) {
@@ -120,47 +163,148 @@ impl Cache {
         {
             shard.remove(&victim);
         }
+        let now = Instant::now();
         shard.insert(
             key,
             Entry {
                 reply,
-                stored: Instant::now(),
+                stored: now,
                 ttl,
+                hits: 0,
+                window: now,
             },
         );
     }
 }
 
-/// How long a reply may be cached: the smallest answer TTL for data, the SOA's (capped by its
-/// minimum field) for NXDOMAIN/NODATA, nothing for failures.
-fn cache_ttl(reply: &Reply) -> u32 {
-    match reply.rcode {
-        ResponseCode::NoError if !reply.answers.is_empty() => reply
-            .answers
-            .iter()
-            .map(|r| r.ttl)
-            .min()
-            .unwrap_or(0)
-            .min(MAX_TTL),
-        ResponseCode::NoError | ResponseCode::NXDomain => reply
-            .authorities
-            .iter()
-            .find_map(|r| match &r.data {
-                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
-                _ => None,
-            })
-            .unwrap_or(0)
-            .min(MAX_NEGATIVE_TTL),
-        _ => 0,
+fn for_each_record(reply: &mut Reply, mut f: impl FnMut(&mut Record)) {
+    reply
+        .answers
+        .iter_mut()
+        .chain(reply.authorities.iter_mut())
+        .chain(reply.additionals.iter_mut())
+        .for_each(&mut f);
+}
+
+/// Whether `name` (absolute, lower case) is `zone` or below it.
+pub(crate) fn in_zone(name: &str, zone: &str) -> bool {
+    zone == "."
+        || name == zone
+        || (name.len() > zone.len()
+            && name.ends_with(zone)
+            && name.as_bytes()[name.len() - zone.len() - 1] == b'.')
+}
+
+/// What the forwarding cache keeps and for how long: CoreDNS's `cache` plugin's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings(pub crate::corefile::Cache);
+
+impl CacheSettings {
+    /// The cache the flags give: `capacity` answers and as many denials, for their own TTLs
+    /// (at most 3600 s and 1800 s), nothing with TTL 0.
+    pub fn flags(capacity: usize) -> Self {
+        let side = |max_ttl| crate::corefile::CacheSide {
+            capacity,
+            max_ttl,
+            min_ttl: 0,
+            disabled: false,
+        };
+        CacheSettings(crate::corefile::Cache {
+            zones: vec![".".into()],
+            success: side(MAX_TTL),
+            denial: side(MAX_NEGATIVE_TTL),
+            disable_success: vec![],
+            disable_denial: vec![],
+            serve_stale: None,
+            prefetch: None,
+        })
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.0.zones.iter().any(|z| in_zone(name, z))
+    }
+
+    /// How long a reply may be cached: the smallest answer TTL for data, the SOA's (capped by
+    /// its minimum field) for NXDOMAIN/NODATA, within the side's bounds; nothing for failures
+    /// or a disabled side.
+    fn ttl(&self, name: &str, reply: &Reply) -> (bool, u32) {
+        let clamp = |ttl: u32, side: &crate::corefile::CacheSide| {
+            ttl.max(side.min_ttl).min(side.max_ttl)
+        };
+        match reply.rcode {
+            ResponseCode::NoError if !reply.answers.is_empty() => {
+                let side = &self.0.success;
+                if side.disabled || self.0.disable_success.iter().any(|z| in_zone(name, z)) {
+                    return (true, 0);
+                }
+                let ttl = reply.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+                (true, clamp(ttl, side))
+            }
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                let side = &self.0.denial;
+                if side.disabled || self.0.disable_denial.iter().any(|z| in_zone(name, z)) {
+                    return (false, 0);
+                }
+                let ttl = reply.authorities.iter().find_map(|r| match &r.data {
+                    RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                    _ => None,
+                });
+                // A denial without an SOA says nothing of how long it holds.
+                (false, ttl.map_or(0, |t| clamp(t, side)))
+            }
+            _ => (false, 0),
+        }
     }
 }
+
+/// The two caches CoreDNS keeps: answers and denials, each with its own capacity.
+#[derive(Debug)]
+struct Caches {
+    settings: CacheSettings,
+    success: Cache,
+    denial: Cache,
+}
+
+impl Caches {
+    fn new(settings: CacheSettings) -> Self {
+        Caches {
+            success: Cache::new(settings.0.success.capacity),
+            denial: Cache::new(settings.0.denial.capacity),
+            settings,
+        }
+    }
+
+    fn lookup(&self, key: &Key) -> Lookup {
+        let stale = self.settings.0.serve_stale.map(|(d, _)| d);
+        let prefetch = self.settings.0.prefetch.as_ref();
+        match self.success.lookup(key, stale, prefetch) {
+            Lookup::Miss => self.denial.lookup(key, stale, prefetch),
+            hit => hit,
+        }
+    }
+
+    fn put(&self, key: Key, name: &str, reply: Reply) {
+        let (success, ttl) = self.settings.ttl(name, &reply);
+        if success {
+            self.success.put(key, reply, ttl);
+        } else {
+            self.denial.put(key, reply, ttl);
+        }
+    }
+}
+
+/// Upstream order per question (`forward`'s `policy`).
+pub use crate::corefile::Policy;
 
 /// Sends questions to upstream resolvers in turn until one answers.
 #[derive(Debug)]
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     timeout: Duration,
-    cache: Cache,
+    cache: Option<Caches>,
+    policy: Policy,
+    max_concurrent: Option<usize>,
+    in_flight: AtomicUsize,
     next: AtomicUsize,
     ids: RandomState,
     counter: AtomicUsize,
@@ -170,9 +314,19 @@ pub struct Forwarder {
     metrics: Option<Metrics>,
 }
 
+/// Counts a question upstream for `max_concurrent` while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Forwarder {
     /// `own` are the addresses this server listens on: an upstream that is one of them (or the
     /// same port on any address when listening on the wildcard) is dropped with a warning.
+    /// The cache is the flags' ([`CacheSettings::flags`]); upstreams are tried round robin.
     pub fn new(
         upstreams: Vec<SocketAddr>,
         own: &[SocketAddr],
@@ -202,7 +356,10 @@ impl Forwarder {
         Forwarder {
             upstreams,
             timeout,
-            cache: Cache::new(cache_capacity),
+            cache: Some(Caches::new(CacheSettings::flags(cache_capacity))),
+            policy: Policy::RoundRobin,
+            max_concurrent: None,
+            in_flight: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             ids,
             counter: AtomicUsize::new(0),
@@ -216,6 +373,19 @@ impl Forwarder {
     /// Reports cache look-ups and upstream traffic.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// The Corefile's `cache` (None: no cache at all, as without the plugin).
+    pub fn with_cache(mut self, cache: Option<CacheSettings>) -> Self {
+        self.cache = cache.map(Caches::new);
+        self
+    }
+
+    /// `forward`'s `policy` and `max_concurrent`.
+    pub fn with_policy(mut self, policy: Policy, max_concurrent: Option<usize>) -> Self {
+        self.policy = policy;
+        self.max_concurrent = max_concurrent;
         self
     }
 
@@ -251,7 +421,7 @@ impl Forwarder {
     }
 
     pub async fn resolve(
-        &self,
+        self: &Arc<Self>,
         name: &Name,
         qtype: RecordType,
         class: DNSClass,
@@ -267,26 +437,105 @@ impl Forwarder {
             qtype,
             class,
         };
-        let hit = self.cache.get(&key);
+        let lower = key.name.to_ascii();
+        let cache = self.cache.as_ref().filter(|c| c.settings.covers(&lower));
+        let Some(cache) = cache else {
+            return self.fetch(name, qtype, class).await;
+        };
+        let hit = cache.lookup(&key);
         if let Some(m) = &self.metrics {
-            m.cache(hit.is_some());
+            m.cache(!matches!(hit, Lookup::Miss));
         }
-        if let Some(hit) = hit {
-            return Ok(hit);
+        match hit {
+            Lookup::Fresh { reply, refresh } => {
+                if refresh {
+                    self.refresh_in_background(key, lower);
+                }
+                Ok(reply)
+            }
+            Lookup::Stale(stale) => match cache.settings.0.serve_stale {
+                Some((_, crate::corefile::StaleMode::Verify)) => {
+                    match self.fetch(name, qtype, class).await {
+                        Ok(reply) => {
+                            cache.put(key, &lower, reply.clone());
+                            Ok(reply)
+                        }
+                        Err(_) => Ok(stale),
+                    }
+                }
+                _ => {
+                    self.refresh_in_background(key, lower);
+                    Ok(stale)
+                }
+            },
+            Lookup::Miss => {
+                let reply = self.fetch(name, qtype, class).await?;
+                cache.put(key, &lower, reply.clone());
+                Ok(reply)
+            }
         }
+    }
+
+    /// Asks upstream again for a cached question (prefetch, stale entries) without holding up
+    /// the client.
+    fn refresh_in_background(self: &Arc<Self>, key: Key, lower: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Ok(reply) = this.fetch(&key.name, key.qtype, key.class).await
+                && let Some(cache) = &this.cache
+            {
+                cache.put(key, &lower, reply);
+            }
+        });
+    }
+
+    /// One question upstream, counted in metrics and against `max_concurrent`.
+    async fn fetch(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Result<Reply, ForwardError> {
+        let _slot = match self.max_concurrent {
+            Some(max) => {
+                if self.in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(m) = &self.metrics {
+                        m.forward_error("max_concurrent");
+                    }
+                    return Err(ForwardError::Overloaded(max));
+                }
+                Some(InFlight(&self.in_flight))
+            }
+            None => None,
+        };
         if let Some(m) = &self.metrics {
             m.forwarded();
         }
-        let reply = self
-            .query_upstreams(name, qtype, class)
+        self.query_upstreams(name, qtype, class)
             .await
             .inspect_err(|e| {
                 if let Some(m) = &self.metrics {
                     m.forward_error(e.reason());
                 }
-            })?;
-        self.cache.put(key, reply.clone(), cache_ttl(&reply));
-        Ok(reply)
+            })
+    }
+
+    /// The order upstreams are tried in for one question.
+    fn order(&self) -> Vec<usize> {
+        let n = self.upstreams.len();
+        match self.policy {
+            Policy::Sequential => (0..n).collect(),
+            Policy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|i| (start + i) % n).collect()
+            }
+            Policy::Random => {
+                let mut order: Vec<usize> = (0..n).collect();
+                rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
+                order
+            }
+        }
     }
 
     async fn query_upstreams(
@@ -298,10 +547,9 @@ impl Forwarder {
         if self.upstreams.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = String::new();
-        for i in 0..self.upstreams.len() {
-            let upstream = self.upstreams[(start + i) % self.upstreams.len()];
+        for i in self.order() {
+            let upstream = self.upstreams[i];
             match tokio::time::timeout(self.timeout, self.exchange(upstream, name, qtype, class))
                 .await
             {
@@ -422,3 +670,22 @@ pub fn resolv_conf_nameservers(contents: &str) -> Vec<SocketAddr> {
 
 #[cfg(test)]
 mod tests;
+
+/// The `search` domains of a resolv.conf, absolute and lower case (the last `search` line wins,
+/// as in resolv.conf(5)).
+pub fn resolv_conf_search(contents: &str) -> Vec<String> {
+    let mut search = Vec::new();
+    for line in contents.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("search") {
+            search = words
+                .map(|w| {
+                    let mut w = w.trim_end_matches('.').to_ascii_lowercase();
+                    w.push('.');
+                    w
+                })
+                .collect();
+        }
+    }
+    search
+}

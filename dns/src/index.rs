@@ -195,6 +195,12 @@ impl Index {
         self.pods.get(&ip).is_some_and(|ns| ns.contains(namespace))
     }
 
+    /// The namespace of a pod with `ip` (`--pods verified`), for autopath; the first in name
+    /// order when pods of several namespaces share it.
+    pub fn pod_namespace(&self, ip: IpAddr) -> Option<&str> {
+        self.pods.get(&ip)?.iter().next().map(|ns| &**ns)
+    }
+
     pub fn service_of_cluster_ip(&self, ip: &IpAddr) -> Option<&ObjectKey> {
         self.cluster_ips.get(ip).map(|k| &**k)
     }

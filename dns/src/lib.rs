@@ -11,7 +11,11 @@
 //! copies of Services and EndpointSlices the index keeps. Nothing on the query path calls the API.
 
 mod answer;
+pub mod corefile;
 pub mod forward;
+mod hosts;
+mod pipeline;
+pub mod plan;
 mod index;
 pub mod metrics;
 mod name;

@@ -18,6 +18,8 @@ pub struct Metrics {
     forward_errors: IntCounterVec,
     programming: Histogram,
     services: IntGauge,
+    reloads: IntCounterVec,
+    autopath: IntCounter,
 }
 
 impl Metrics {
@@ -49,6 +51,11 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?),
             )?,
             services: IntGauge::new("svcplane_dns_services", "Services in the index.")?,
+            reloads: IntCounterVec::new(
+                Opts::new("svcplane_dns_reloads_total", "Corefile changes seen by reload, by result (applied, rejected)."),
+                &["result"],
+            )?,
+            autopath: IntCounter::new("svcplane_dns_autopath_total", "Questions autopath answered from a later search domain than the one asked.")?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -57,6 +64,8 @@ impl Metrics {
         registry.register(Box::new(m.forward_errors.clone()))?;
         registry.register(Box::new(m.programming.clone()))?;
         registry.register(Box::new(m.services.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.autopath.clone()))?;
         Ok(m)
     }
 
@@ -87,6 +96,16 @@ impl Metrics {
 
     pub fn forward_error(&self, reason: &'static str) {
         self.forward_errors.with_label_values(&[reason]).inc();
+    }
+
+    pub fn reload(&self, applied: bool) {
+        self.reloads
+            .with_label_values(&[if applied { "applied" } else { "rejected" }])
+            .inc();
+    }
+
+    pub fn autopath(&self) {
+        self.autopath.inc();
     }
 
     pub fn programmed(&self, took: Duration) {

@@ -1,6 +1,7 @@
-//! The `svcplane-dns` process: flags, wiring, lifecycle.
+//! The `svcplane-dns` process: flags or a Corefile, wiring, lifecycle, `reload`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,10 @@ use arc_swap::ArcSwap;
 use svcplane_model::ObjectKey;
 use svcplane_runtime::{AdminArgs, AdminServer, ClientArgs, Health, LogArgs};
 
-use crate::forward::Forwarder;
+use crate::corefile::{self, Corefile};
+use crate::metrics::Metrics;
+use crate::plan::{Environment, FlagSettings, Plan};
 use crate::server::{DnsServer, Handler};
-
-/// How long one upstream gets to answer before the next is tried.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::{Config, Index, PodMode};
 
 /// Why the server could not start or stopped with an error.
@@ -20,6 +20,19 @@ use crate::{Config, Index, PodMode};
 pub enum Error {
     #[error("--nameserver-service must be namespace/name, got {0:?}")]
     NameserverService(String),
+    #[error("reading the Corefile {path}")]
+    ReadCorefile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {error}")]
+    Corefile {
+        path: PathBuf,
+        error: corefile::Error,
+    },
+    #[error("the Corefile has no kubernetes plugin; svcplane-dns needs one (e.g. kubeadm's)")]
+    NoKubernetes,
     #[error(transparent)]
     Runtime(#[from] svcplane_runtime::Error),
     #[error("registering metrics")]
@@ -77,6 +90,16 @@ pub struct Args {
     /// How long to keep answering after SIGTERM while /health reports unhealthy.
     #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = svcplane_runtime::parse_duration)]
     pub lameduck: Duration,
+    /// Shuffle the A/AAAA records of every answer, as CoreDNS's loadbalance plugin.
+    #[arg(long, env = "SVCPLANE_DNS_LOADBALANCE")]
+    pub loadbalance: bool,
+    /// Run from a CoreDNS Corefile (e.g. the mounted `coredns` ConfigMap) instead of the DNS
+    /// flags above; `--nameserver-service`, the API client and logging flags still apply.
+    #[arg(long, env = "SVCPLANE_DNS_COREFILE", value_name = "PATH")]
+    pub corefile: Option<PathBuf>,
+    /// Print what a Corefile would run, or why it cannot, and exit.
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    pub check_corefile: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
@@ -95,11 +118,15 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Args {
-    pub fn config(&self) -> Result<Config, Error> {
+    fn nameserver(&self) -> Result<ObjectKey, Error> {
         let (ns, name) = self
             .nameserver_service
             .split_once('/')
             .ok_or_else(|| Error::NameserverService(self.nameserver_service.clone()))?;
+        Ok(ObjectKey::new(ns, name))
+    }
+
+    pub fn config(&self) -> Result<Config, Error> {
         Ok(Config {
             zone: self
                 .cluster_domain
@@ -111,46 +138,121 @@ impl Args {
                 PodsFlag::Insecure => PodMode::Insecure,
                 PodsFlag::Verified => PodMode::Verified,
             },
-            nameserver: ObjectKey::new(ns, name),
+            nameserver: self.nameserver()?,
         })
     }
+
+    /// The plan the flags describe.
+    fn flag_plan(&self, metrics: &Metrics) -> Result<Plan, Error> {
+        let upstreams = if self.upstream.is_empty() {
+            let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            crate::forward::resolv_conf_nameservers(&conf)
+        } else {
+            self.upstream.clone()
+        };
+        Ok(Plan::from_flags(
+            FlagSettings {
+                config: self.config()?,
+                listen: self.listen.clone(),
+                upstreams,
+                cache_capacity: self.cache_capacity,
+                loadbalance: self.loadbalance,
+                admin: self.admin.admin_addr,
+                lameduck: self.lameduck,
+            },
+            metrics,
+        ))
+    }
+}
+
+fn read_file(path: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
+/// Reads, parses and plans a Corefile.
+pub fn load_corefile(
+    path: &Path,
+    nameserver: ObjectKey,
+    metrics: &Metrics,
+) -> Result<(Corefile, Plan), Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadCorefile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let corefile_error = |error| Error::Corefile {
+        path: path.to_owned(),
+        error,
+    };
+    let file = corefile::parse(&text).map_err(corefile_error)?;
+    let env = Environment {
+        nameserver,
+        metrics,
+        read: read_file,
+    };
+    let plan = Plan::from_corefile(&file, &env).map_err(corefile_error)?;
+    if plan.kubernetes.is_none() {
+        return Err(Error::NoKubernetes);
+    }
+    Ok((file, plan))
+}
+
+/// `--check-corefile`: what would run, or the error; the exit status says which.
+pub fn check_corefile(path: &Path, nameserver: &str) -> Result<String, Error> {
+    let (ns, name) = nameserver
+        .split_once('/')
+        .ok_or_else(|| Error::NameserverService(nameserver.to_owned()))?;
+    let metrics = Metrics::register(&prometheus::Registry::new())?;
+    let (file, plan) = load_corefile(path, ObjectKey::new(ns, name), &metrics)?;
+    Ok(plan.describe(&file))
 }
 
 /// Serves until SIGTERM/SIGINT, then keeps answering through the lameduck period.
 pub async fn run(args: Args) -> Result<(), Error> {
-    let config = Arc::new(args.config()?);
-    let client = args.client.client().await?;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let watch_metrics = svcplane_runtime::WatchMetrics::register(&registry)?;
+    let plan = match &args.corefile {
+        Some(path) => {
+            let (_, plan) = load_corefile(path, args.nameserver()?, &metrics)?;
+            tracing::info!(corefile = %path.display(), "running from the Corefile");
+            plan
+        }
+        None => args.flag_plan(&metrics)?,
+    };
+    let kube = plan
+        .kubernetes
+        .clone()
+        .ok_or(Error::NoKubernetes)?;
+    let mut client_args = args.client.clone();
+    if let Some(path) = &kube.kubeconfig {
+        client_args.kubeconfig = Some(path.clone());
+    }
+    let client = client_args.client().await?;
     let index = Arc::new(ArcSwap::from_pointee(Index::new()));
     let health = Health::new();
-    let registry = prometheus::Registry::new();
-    let metrics = crate::metrics::Metrics::register(&registry)?;
-    let watch_metrics = svcplane_runtime::WatchMetrics::register(&registry)?;
 
-    let upstreams = if args.upstream.is_empty() {
-        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        crate::forward::resolv_conf_nameservers(&conf)
-    } else {
-        args.upstream.clone()
-    };
-    let forwarder = Arc::new(
-        Forwarder::new(
-            upstreams,
-            &args.listen,
-            args.cache_capacity,
-            FORWARD_TIMEOUT,
-        )
-        .with_metrics(metrics.clone()),
-    );
-    tracing::info!(upstreams = ?forwarder.upstreams(), "forwarding names outside the zone");
-    let handler = Handler::new(
-        index.clone(),
-        config.clone(),
-        Some(forwarder.clone()),
-        metrics.clone(),
-    );
-    let dns = DnsServer::bind(&args.listen, handler).await?;
-    let admin = AdminServer::bind(args.admin.admin_addr).await?;
-    tracing::info!(dns = ?dns.local_addrs(), admin = %admin.local_addr().map_err(Error::AdminAddr)?, zone = %config.zone, "serving");
+    for f in plan.forwarders() {
+        tracing::info!(upstreams = ?f.upstreams(), "forwarding");
+    }
+    plan.start_background();
+    let listen = plan.listen.clone();
+    let admin_addrs = plan.admin.clone();
+    let lameduck = plan.lameduck;
+    let reload = plan.reload;
+    let probes = plan.loop_probes.clone();
+    let plan = Arc::new(ArcSwap::from_pointee(plan));
+    let handler = Handler::with_plan(index.clone(), plan.clone(), metrics.clone());
+    let dns = DnsServer::bind(&listen, handler).await?;
+    let mut admins = Vec::new();
+    for addr in &admin_addrs {
+        admins.push(AdminServer::bind(*addr).await?);
+    }
+    let admin_bound: Vec<String> = admins
+        .iter()
+        .map(|a| a.local_addr().map(|a| a.to_string()))
+        .collect::<Result<_, _>>()
+        .map_err(Error::AdminAddr)?;
+    tracing::info!(dns = ?dns.local_addrs(), admin = ?admin_bound, zone = %kube.config.zone, "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -160,25 +262,122 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let watches = tokio::spawn(crate::watch::run(
         client,
         index.clone(),
-        config.pods == PodMode::Verified,
-        metrics,
+        crate::watch::Options {
+            pods: kube.config.pods == PodMode::Verified,
+            endpoints: !kube.noendpoints,
+            endpoint_pod_names: kube.endpoint_pod_names,
+        },
+        metrics.clone(),
         watch_metrics,
         move || ready.set_ready(true),
         stopped(stop_rx.clone()),
     ));
-    let admin_task = tokio::spawn(admin.serve(registry, health.clone(), stopped(stop_rx.clone())));
+    let admin_tasks: Vec<_> = admins
+        .into_iter()
+        .map(|admin| {
+            tokio::spawn(admin.serve(registry.clone(), health.clone(), stopped(stop_rx.clone())))
+        })
+        .collect();
     let dns_task = tokio::spawn(dns.run(stopped(stop_rx.clone())));
+    if let (Some(path), Some(every)) = (&args.corefile, reload) {
+        tokio::spawn(reload_loop(
+            path.clone(),
+            every,
+            args.nameserver()?,
+            metrics.clone(),
+            plan.clone(),
+        ));
+    }
 
     // Started once we serve, so a probe that loops back through an upstream reaches us.
-    tokio::spawn(async move { forwarder.probe_for_loops().await });
+    for forwarder in probes {
+        tokio::spawn(async move { forwarder.probe_for_loops().await });
+    }
 
     svcplane_runtime::shutdown_signal().await;
     health.set_live(false);
-    tracing::info!(lameduck = ?args.lameduck, "lameduck: still answering, reporting unhealthy");
-    tokio::time::sleep(args.lameduck).await;
+    tracing::info!(?lameduck, "lameduck: still answering, reporting unhealthy");
+    tokio::time::sleep(lameduck).await;
     let _ = stop_tx.send(true);
     let _ = watches.await;
-    let _ = admin_task.await;
+    for task in admin_tasks {
+        let _ = task.await;
+    }
     dns_task.await??;
     Ok(())
+}
+
+/// `reload`: re-reads the Corefile every interval (plus jitter) and, when what it says
+/// changed, runs the new configuration; an invalid one, or one that needs a restart, is
+/// logged and the running configuration kept.
+async fn reload_loop(
+    path: PathBuf,
+    every: corefile::Reload,
+    nameserver: ObjectKey,
+    metrics: Metrics,
+    plan: Arc<ArcSwap<Plan>>,
+) {
+    let jitter = every.jitter.as_millis() as u64;
+    let offset = if jitter == 0 {
+        0
+    } else {
+        rand::random_range(0..jitter)
+    };
+    let period = (every.interval + Duration::from_millis(offset))
+        .saturating_sub(every.jitter / 2)
+        .max(Duration::from_secs(1));
+    let mut last = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| corefile::parse(&t).ok());
+    loop {
+        tokio::time::sleep(period).await;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(corefile = %path.display(), %error, "reload: cannot read the Corefile; keeping the running configuration");
+                continue;
+            }
+        };
+        // Compared parsed, so comments and spacing are no change (as CoreDNS's checksum).
+        let parsed = corefile::parse(&text);
+        if let (Ok(new), Some(old)) = (&parsed, &last)
+            && new == old
+        {
+            continue;
+        }
+        match parsed {
+            Err(error) => {
+                tracing::error!(corefile = %path.display(), %error, "reload: the new Corefile is invalid; keeping the running configuration");
+                metrics.reload(false);
+            }
+            Ok(file) => {
+                let env = Environment {
+                    nameserver: nameserver.clone(),
+                    metrics: &metrics,
+                    read: read_file,
+                };
+                match Plan::from_corefile(&file, &env) {
+                    Err(error) => {
+                        tracing::error!(corefile = %path.display(), %error, "reload: the new Corefile cannot run; keeping the running configuration");
+                        metrics.reload(false);
+                    }
+                    Ok(new) => {
+                        if let Some(what) = plan.load().restart_needed(&new) {
+                            tracing::error!(corefile = %path.display(), changed = what, "reload: this change needs a restart; keeping the running configuration");
+                            metrics.reload(false);
+                        } else {
+                            new.start_background();
+                            for forwarder in new.loop_probes.clone() {
+                                tokio::spawn(async move { forwarder.probe_for_loops().await });
+                            }
+                            plan.store(Arc::new(new));
+                            tracing::info!(corefile = %path.display(), "reload: running the new configuration");
+                            metrics.reload(true);
+                        }
+                    }
+                }
+                last = Some(file);
+            }
+        }
+    }
 }

@@ -15,9 +15,11 @@ use hickory_server::server::{Request, RequestHandler, RequestInfo, ResponseHandl
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::forward::{Forwarder, Reply};
+use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::{Config, Index, QType, Rcode, Rdata, Record, answer};
+use crate::pipeline::{Outcome, QName, Response};
+use crate::plan::Plan;
+use crate::{Config, Index, QType, Rcode, Rdata, Record};
 
 /// The EDNS version this server speaks; higher versions get BADVERS (RFC 6891).
 const EDNS_VERSION: u8 = 0;
@@ -37,33 +39,55 @@ pub enum Error {
     Serve(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Answers cluster names from whatever index is published in `index` when a query arrives.
+/// Answers from whatever index and plan are published when a query arrives.
 #[derive(Debug, Clone)]
 pub struct Handler {
     index: Arc<ArcSwap<Index>>,
-    config: Arc<Config>,
-    forwarder: Option<Arc<Forwarder>>,
+    plan: Arc<ArcSwap<Plan>>,
+    /// The port of the listener this handler serves (server blocks are per port).
+    port: u16,
     metrics: Metrics,
 }
 
 impl Handler {
-    /// Without a forwarder, names outside the cluster zone are refused.
+    /// The cluster zone of `config` and, with a forwarder, everything else forwarded; without
+    /// one, names outside the cluster zone are refused.
     pub fn new(
         index: Arc<ArcSwap<Index>>,
         config: Arc<Config>,
         forwarder: Option<Arc<Forwarder>>,
         metrics: Metrics,
     ) -> Self {
+        Self::with_plan(
+            index,
+            Arc::new(ArcSwap::from_pointee(Plan::simple(config, forwarder))),
+            metrics,
+        )
+    }
+
+    /// Answers as the published plan says (it may be replaced, e.g. by `reload`).
+    pub fn with_plan(
+        index: Arc<ArcSwap<Index>>,
+        plan: Arc<ArcSwap<Plan>>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             index,
-            config,
-            forwarder,
+            plan,
+            port: 0,
             metrics,
+        }
+    }
+
+    fn on_port(&self, port: u16) -> Self {
+        Self {
+            port,
+            ..self.clone()
         }
     }
 }
 
-fn qtype(t: RecordType) -> QType {
+pub(crate) fn qtype(t: RecordType) -> QType {
     match t {
         RecordType::A => QType::A,
         RecordType::AAAA => QType::Aaaa,
@@ -79,7 +103,7 @@ fn qtype(t: RecordType) -> QType {
     }
 }
 
-fn rcode(r: Rcode) -> ResponseCode {
+pub(crate) fn rcode(r: Rcode) -> ResponseCode {
     match r {
         Rcode::NoError => ResponseCode::NoError,
         Rcode::NxDomain => ResponseCode::NXDomain,
@@ -90,7 +114,7 @@ fn rcode(r: Rcode) -> ResponseCode {
 
 /// Encodes a model record; `None` (logged) for a name that is not a valid DNS name, which can
 /// only come from object data, e.g. an over-long ExternalName.
-fn wire(record: &Record) -> Option<WireRecord> {
+pub(crate) fn wire(record: &Record) -> Option<WireRecord> {
     let name = wire_name;
     let data = match &record.data {
         Rdata::A(ip) => RData::A(A(*ip)),
@@ -132,7 +156,7 @@ fn wire(record: &Record) -> Option<WireRecord> {
     }
 }
 
-fn wire_all(records: &[Record]) -> Vec<WireRecord> {
+pub(crate) fn wire_all(records: &[Record]) -> Vec<WireRecord> {
     records.iter().filter_map(wire).collect()
 }
 
@@ -257,9 +281,8 @@ impl Handler {
         if info.query.query_class() != DNSClass::IN {
             return Err(ResponseCode::Refused);
         }
-        if let Some(f) = &self.forwarder
-            && f.is_own_probe(info.query.original().name())
-        {
+        let name = info.query.original().name();
+        if self.plan.load().forwarders().any(|f| f.is_own_probe(name)) {
             // Our loop probe came back: answering it, not forwarding it, ends the loop.
             return Err(ResponseCode::Refused);
         }
@@ -317,84 +340,46 @@ impl Handler {
         request: &Request,
         info: &RequestInfo<'_>,
         response_edns: Option<&Edns>,
-        mut handle: R,
+        handle: R,
     ) -> ResponseInfo {
         let original = info.query.original();
-        let qname = presentation(original.name());
+        let name = QName::new(presentation(original.name()));
+        let plan = self.plan.load();
+        let Some(block) = plan.block(self.port, &name.lower) else {
+            return send_error(request, ResponseCode::Refused, response_edns, handle).await;
+        };
+        let start = block.log.then(std::time::Instant::now);
         let index = self.index.load();
-        let result = answer(&index, &self.config, &qname, qtype(info.query.query_type()));
-        if result.forward {
-            let reply = match &self.forwarder {
-                None => Err(ResponseCode::Refused),
-                Some(f) => f
-                    .resolve(
-                        original.name(),
-                        original.query_type(),
-                        original.query_class(),
-                    )
-                    .await
-                    .map_err(|error| {
-                        tracing::debug!(%error, name = %qname, "forwarding failed");
-                        ResponseCode::ServFail
-                    }),
-            };
-            return match reply {
-                Ok(reply) => relay(request, reply, response_edns, handle).await,
-                Err(code) => send_error(request, code, response_edns, handle).await,
-            };
-        }
-        let mut answers = wire_all(&result.answers);
-        if let (Some(target), Some(f)) = (&result.chase, &self.forwarder) {
-            // The CNAME's target is outside the zone: append what upstream says of it. Its
-            // rcode does not matter (CoreDNS answers NOERROR with the CNAME alone).
-            if let Ok(target) = Name::from_ascii(format!("{target}.")) {
-                match f
-                    .resolve(&target, original.query_type(), DNSClass::IN)
-                    .await
-                {
-                    Ok(reply) => answers.extend(reply.answers),
-                    Err(error) => {
-                        tracing::debug!(%error, %target, "chasing an ExternalName failed")
-                    }
-                }
+        let outcome = block
+            .resolve(&index, name, original.query_type(), request.src().ip())
+            .await;
+        let info = match outcome {
+            Outcome::Reply(reply) => send_reply(request, reply, response_edns, handle).await,
+            Outcome::Error(code) | Outcome::Failure(code) => {
+                send_error(request, code, response_edns, handle).await
             }
+        };
+        if let Some(start) = start {
+            // The `log` plugin: one line per question.
+            tracing::info!(
+                target: "svcplane_dns::query",
+                remote = %request.src(),
+                id = request.metadata.id,
+                qtype = %original.query_type(),
+                name = %original.name(),
+                proto = ?request.protocol(),
+                rcode = %info.response_code,
+                duration = ?start.elapsed(),
+                "query"
+            );
         }
-        let mut additionals = wire_all(&result.additionals);
-        let mut soa: Vec<WireRecord> = result.authority.iter().filter_map(wire).collect();
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = result.authoritative;
-        metadata.response_code = rcode(result.rcode);
-        // Too big for the client's UDP size: the additional section goes first; if that is not
-        // enough, as many answers as fit and TC, so the client asks again over TCP. The OPT
-        // record always stays (RFC 6891).
-        fit_udp(
-            request,
-            &mut metadata,
-            &mut answers,
-            &mut soa,
-            &mut additionals,
-            response_edns,
-        );
-        let response = MessageResponseBuilder::new(&request.queries, response_edns).build(
-            metadata,
-            answers.iter(),
-            std::iter::empty(),
-            soa.iter(),
-            additionals.iter(),
-        );
-        match handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(%error, "sending a response failed");
-                failed(request)
-            }
-        }
+        info
     }
 }
 
 /// A name of ours as a wire name. Plain labels are taken as they are: hickory's text parser
 /// refuses a label that starts with `-`, which IPv6 pod labels do (`--1`).
-fn wire_name(text: &str) -> Option<Name> {
+pub(crate) fn wire_name(text: &str) -> Option<Name> {
     Name::from_ascii(text).ok().or_else(|| {
         let labels = text.trim_end_matches('.').split('.').map(str::as_bytes);
         let mut name = Name::from_labels(labels).ok()?;
@@ -613,23 +598,25 @@ impl Handler {
     }
 }
 
-/// Sends an upstream's answer to the client as it came, from a recursive server (RA set).
-async fn relay<R: ResponseHandler>(
+/// Sends a reply, cut to the client's UDP size (the OPT record kept).
+async fn send_reply<R: ResponseHandler>(
     request: &Request,
-    reply: Reply,
+    reply: Response,
     edns: Option<&Edns>,
     mut handle: R,
 ) -> ResponseInfo {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.response_code = reply.rcode;
-    metadata.recursion_available = true;
-    let Reply {
+    metadata.authoritative = reply.authoritative;
+    metadata.recursion_available = reply.recursion_available;
+    let Response {
         mut answers,
         mut authorities,
         mut additionals,
         ..
     } = reply;
-    // Cut to the client's UDP size as local answers are, the OPT record kept.
+    // Too big for the client's UDP size: the additional section goes first; if that is not
+    // enough, as many answers as fit and TC, so the client asks again over TCP.
     fit_udp(
         request,
         &mut metadata,
@@ -648,7 +635,7 @@ async fn relay<R: ResponseHandler>(
     match handle.send_response(response).await {
         Ok(info) => info,
         Err(error) => {
-            tracing::debug!(%error, "sending a forwarded response failed");
+            tracing::debug!(%error, "sending a response failed");
             failed(request)
         }
     }
@@ -656,10 +643,10 @@ async fn relay<R: ResponseHandler>(
 
 /// A DNS server listening on UDP and TCP at each address.
 pub struct DnsServer {
-    /// TCP; UDP is served by [`serve_udp`], without hickory's per-request machinery.
-    server: Server<Handler>,
-    handler: Handler,
-    udp: Vec<Arc<UdpSocket>>,
+    /// TCP, one hickory server per port; UDP is served by [`serve_udp`], without hickory's
+    /// per-request machinery.
+    servers: Vec<Server<Handler>>,
+    udp: Vec<(Arc<UdpSocket>, Handler)>,
     local: Vec<SocketAddr>,
 }
 
@@ -716,7 +703,7 @@ async fn send(socket: &UdpSocket, reply: Option<Vec<u8>>, to: SocketAddr) {
 impl DnsServer {
     /// Binds UDP and TCP on every address (port 0 picks one port per address, shared by both).
     pub async fn bind(addrs: &[SocketAddr], handler: Handler) -> Result<Self, Error> {
-        let mut server = Server::new(handler.clone());
+        let mut servers: Vec<(u16, Server<Handler>)> = Vec::new();
         let mut local = Vec::new();
         let mut udp = Vec::new();
         for addr in addrs {
@@ -734,13 +721,21 @@ impl DnsServer {
                 addr: bound,
                 source,
             })?;
+            // Server blocks are chosen by the port a question arrives on.
+            let on_port = handler.on_port(addr.port());
+            let server = match servers.iter().position(|(p, _)| *p == addr.port()) {
+                Some(i) => &mut servers[i].1,
+                None => {
+                    servers.push((addr.port(), Server::new(on_port.clone())));
+                    &mut servers.last_mut().expect("just pushed").1
+                }
+            };
             server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
-            udp.push(Arc::new(socket));
+            udp.push((Arc::new(socket), on_port));
             local.push(bound);
         }
         Ok(Self {
-            server,
-            handler,
+            servers: servers.into_iter().map(|(_, s)| s).collect(),
             udp,
             local,
         })
@@ -751,19 +746,36 @@ impl DnsServer {
         &self.local
     }
 
-    /// Serves until the server fails or `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    /// Serves until a server fails or `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let udp: Vec<tokio::task::JoinHandle<()>> = self
             .udp
             .iter()
-            .map(|socket| tokio::spawn(serve_udp(socket.clone(), self.handler.clone())))
+            .map(|(socket, handler)| tokio::spawn(serve_udp(socket.clone(), handler.clone())))
             .collect();
-        let result = tokio::select! {
-            done = self.server.block_until_done() => done.map_err(|e| Error::Serve(e.into())),
-            _ = shutdown => {
-                self.server.shutdown_gracefully().await.map_err(|e| Error::Serve(e.into()))
+        let mut servers = self.servers;
+        let failed = if servers.is_empty() {
+            shutdown.await;
+            None
+        } else {
+            let done = futures::future::select_all(
+                servers.iter_mut().map(|s| Box::pin(s.block_until_done())),
+            );
+            tokio::select! {
+                (done, _, _) = done => Some(done.map_err(|e| Error::Serve(e.into()))),
+                _ = shutdown => None,
             }
         };
+        let mut result = Ok(());
+        if let Some(done) = failed {
+            result = done;
+        } else {
+            for server in &mut servers {
+                if let Err(e) = server.shutdown_gracefully().await {
+                    result = Err(Error::Serve(e.into()));
+                }
+            }
+        }
         for task in udp {
             task.abort();
         }

@@ -45,6 +45,18 @@ struct State {
     namespace_informer: Informer<Namespace, ()>,
     pod_informer: Informer<ApiPod, PodFacts>,
     watch_pods: bool,
+    watch_slices: bool,
+}
+
+/// What the watches cover, from the kubernetes plugin's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Pods (`pods verified`).
+    pub pods: bool,
+    /// EndpointSlices (off with `noendpoints`).
+    pub endpoints: bool,
+    /// `endpoint_pod_names`.
+    pub endpoint_pod_names: bool,
 }
 
 /// Converts to the model (which validates), then keeps only what the zone answers from.
@@ -52,9 +64,26 @@ fn convert_service(obj: &ApiService) -> Result<Option<Arc<ZoneService>>, svcplan
     Service::try_from(obj).map(|svc| Some(Arc::new(ZoneService::from(&svc))))
 }
 
-fn convert_slice(obj: &ApiSlice) -> Result<Option<Arc<ZoneSlice>>, svcplane_model::Error> {
+fn convert_slice(
+    obj: &ApiSlice,
+    pod_names: bool,
+) -> Result<Option<Arc<ZoneSlice>>, svcplane_model::Error> {
     match EndpointSlice::try_from(obj) {
-        Ok(slice) => Ok(Some(Arc::new(ZoneSlice::from(&slice)))),
+        Ok(mut slice) => {
+            if pod_names {
+                // `endpoint_pod_names`: an endpoint without a hostname answers to its pod's
+                // name (when it fits a label), not its dashed address.
+                for e in &mut slice.endpoints {
+                    if e.hostname.is_none()
+                        && let Some(pod) = &e.target_pod
+                        && pod.name.len() < 64
+                    {
+                        e.hostname = Some(pod.name.clone());
+                    }
+                }
+            }
+            Ok(Some(Arc::new(ZoneSlice::from(&slice))))
+        }
         // FQDN slices are legitimate, just not served.
         Err(error) if error.reason() == "unsupported_address_type" => {
             tracing::debug!(slice = %ObjectKey::of(obj), %error, "skipping EndpointSlice");
@@ -71,7 +100,9 @@ fn convert_pod(obj: &ApiPod) -> Result<Option<PodFacts>, svcplane_model::Error> 
 }
 
 impl State {
-    fn new(watch_pods: bool, metrics: &WatchMetrics) -> Self {
+    fn new(options: Options, metrics: &WatchMetrics) -> Self {
+        let watch_pods = options.pods;
+        let pod_names = options.endpoint_pod_names;
         State {
             services: ChangeTracker::new(),
             // Trigger times from before this process started are not its programming latency.
@@ -81,7 +112,7 @@ impl State {
             service_informer: Informer::new("Service", Box::new(convert_service), metrics.clone()),
             slice_informer: Informer::new(
                 "EndpointSlice",
-                Box::new(convert_slice),
+                Box::new(move |obj| convert_slice(obj, pod_names)),
                 metrics.clone(),
             ),
             namespace_informer: Informer::new(
@@ -91,12 +122,13 @@ impl State {
             ),
             pod_informer: Informer::new("Pod", Box::new(convert_pod), metrics.clone()),
             watch_pods,
+            watch_slices: options.endpoints,
         }
     }
 
     fn synced(&self) -> bool {
         self.service_informer.is_synced()
-            && self.slice_informer.is_synced()
+            && (!self.watch_slices || self.slice_informer.is_synced())
             && self.namespace_informer.is_synced()
             && (!self.watch_pods || self.pod_informer.is_synced())
     }
@@ -187,7 +219,7 @@ where
 pub async fn run(
     client: Client,
     index: Arc<ArcSwap<Index>>,
-    watch_pods: bool,
+    options: Options,
     metrics: Metrics,
     watch_metrics: WatchMetrics,
     on_synced: impl FnOnce(),
@@ -196,10 +228,16 @@ pub async fn run(
     let mut on_synced = Some(on_synced);
     let services =
         watch(Api::<ApiService>::all(client.clone())).map(|e| Update::Service(Box::new(e)));
-    let slices = watch(Api::<ApiSlice>::all(client.clone())).map(|e| Update::Slice(Box::new(e)));
+    let slices = if options.endpoints {
+        watch(Api::<ApiSlice>::all(client.clone()))
+            .map(|e| Update::Slice(Box::new(e)))
+            .boxed()
+    } else {
+        stream::pending().boxed()
+    };
     let namespaces =
         watch(Api::<Namespace>::all(client.clone())).map(|e| Update::Namespace(Box::new(e)));
-    let pods = if watch_pods {
+    let pods = if options.pods {
         watch(Api::<ApiPod>::all(client))
             .map(|e| Update::Pod(Box::new(e)))
             .boxed()
@@ -207,11 +245,11 @@ pub async fn run(
         stream::pending().boxed()
     };
     let mut updates = pin!(
-        stream::select_all([services.boxed(), slices.boxed(), namespaces.boxed(), pods])
+        stream::select_all([services.boxed(), slices, namespaces.boxed(), pods])
             .ready_chunks(1024)
     );
     let mut shutdown = pin!(shutdown);
-    let mut state = State::new(watch_pods, &watch_metrics);
+    let mut state = State::new(options, &watch_metrics);
     loop {
         let batch = tokio::select! {
             _ = &mut shutdown => return,

@@ -56,7 +56,8 @@ fn cache_ttls_table() {
         (reply(ResponseCode::ServFail, vec![], vec![]), 0),
     ];
     for (r, want) in cases {
-        assert_eq!(cache_ttl(&r), want, "{r:?}");
+        let settings = CacheSettings::flags(10);
+        assert_eq!(settings.ttl("x.", &r).1, want, "{r:?}");
     }
 }
 
