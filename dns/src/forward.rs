@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -77,7 +77,10 @@ struct Entry {
 #[derive(Debug)]
 enum Lookup {
     /// TTLs lowered by the time spent in the cache; `refresh` when prefetching is due.
-    Fresh { reply: Reply, refresh: bool },
+    Fresh {
+        reply: Reply,
+        refresh: bool,
+    },
     /// Expired, but within the serve_stale window; TTLs are 0.
     Stale(Reply),
     Miss,
@@ -114,7 +117,12 @@ impl Cache {
         }
     }
 
-    fn lookup(&self, key: &Key, stale: Option<Duration>, prefetch: Option<&crate::corefile::Prefetch>) -> Lookup {
+    fn lookup(
+        &self,
+        key: &Key,
+        stale: Option<Duration>,
+        prefetch: Option<&crate::corefile::Prefetch>,
+    ) -> Lookup {
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = shard.get_mut(key) else {
             return Lookup::Miss;
@@ -228,9 +236,8 @@ impl CacheSettings {
     /// its minimum field) for NXDOMAIN/NODATA, within the side's bounds; nothing for failures
     /// or a disabled side.
     fn ttl(&self, name: &str, reply: &Reply) -> (bool, u32) {
-        let clamp = |ttl: u32, side: &crate::corefile::CacheSide| {
-            ttl.max(side.min_ttl).min(side.max_ttl)
-        };
+        let clamp =
+            |ttl: u32, side: &crate::corefile::CacheSide| ttl.max(side.min_ttl).min(side.max_ttl);
         match reply.rcode {
             ResponseCode::NoError if !reply.answers.is_empty() => {
                 let side = &self.0.success;

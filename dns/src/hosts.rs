@@ -41,7 +41,10 @@ impl Table {
                 IpAddr::V6(v6) => push_new(self.v6.entry(name.clone()).or_default(), v6),
             }
             if reverse {
-                push_new(self.reverse.entry(reverse_name(ip)).or_default(), name.clone());
+                push_new(
+                    self.reverse.entry(reverse_name(ip)).or_default(),
+                    name.clone(),
+                );
             }
         }
     }
@@ -245,7 +248,10 @@ mod tests {
         let mut no_reverse = settings();
         no_reverse.no_reverse = true;
         let t = Table::build(&no_reverse, "");
-        assert_eq!(t.lookup("10.2.0.192.in-addr.arpa.", QType::Ptr), Found::Missing);
+        assert_eq!(
+            t.lookup("10.2.0.192.in-addr.arpa.", QType::Ptr),
+            Found::Missing
+        );
     }
 
     #[test]
@@ -255,6 +261,9 @@ mod tests {
             "1.2.0.192.in-addr.arpa."
         );
         assert!(reverse_name("2001:db8::1".parse().expect("ip")).starts_with("1.0.0.0."));
-        assert!(reverse_name("2001:db8::1".parse().expect("ip")).ends_with(".8.b.d.0.1.0.0.2.ip6.arpa."));
+        assert!(
+            reverse_name("2001:db8::1".parse().expect("ip"))
+                .ends_with(".8.b.d.0.1.0.0.2.ip6.arpa.")
+        );
     }
 }

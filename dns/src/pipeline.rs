@@ -14,7 +14,6 @@ use crate::plan::{Block, KubeSettings};
 use crate::server::{qtype, rcode, wire, wire_all};
 use crate::{Index, PodMode, QType, Rcode, answer};
 
-
 /// A reply before it is fitted to the client and encoded.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -434,9 +433,11 @@ fn revert(reply: &mut Response, rule: &Rewrite, rewritten: &str, original: &str)
 
 /// CoreDNS's autopath: the question's name becomes a CNAME to the first answer's owner.
 fn cname_to_answer(reply: &mut Response, asked: &str) {
-    let Some(first) = reply.answers.iter().find(|r| {
-        !r.name.to_ascii().eq_ignore_ascii_case(asked)
-    }) else {
+    let Some(first) = reply
+        .answers
+        .iter()
+        .find(|r| !r.name.to_ascii().eq_ignore_ascii_case(asked))
+    else {
         return;
     };
     let (target, ttl) = (first.name.clone(), first.ttl);

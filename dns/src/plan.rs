@@ -436,7 +436,10 @@ fn kube_settings(
         }
     }
     let Some(zone) = zone else {
-        return Err(err(line, "kubernetes: no cluster zone (e.g. cluster.local)"));
+        return Err(err(
+            line,
+            "kubernetes: no cluster zone (e.g. cluster.local)",
+        ));
     };
     if reverse.0 != reverse.1 {
         return Err(err(

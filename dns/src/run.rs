@@ -219,10 +219,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         None => args.flag_plan(&metrics)?,
     };
-    let kube = plan
-        .kubernetes
-        .clone()
-        .ok_or(Error::NoKubernetes)?;
+    let kube = plan.kubernetes.clone().ok_or(Error::NoKubernetes)?;
     let mut client_args = args.client.clone();
     if let Some(path) = &kube.kubeconfig {
         client_args.kubeconfig = Some(path.clone());

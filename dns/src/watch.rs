@@ -245,8 +245,7 @@ pub async fn run(
         stream::pending().boxed()
     };
     let mut updates = pin!(
-        stream::select_all([services.boxed(), slices, namespaces.boxed(), pods])
-            .ready_chunks(1024)
+        stream::select_all([services.boxed(), slices, namespaces.boxed(), pods]).ready_chunks(1024)
     );
     let mut shutdown = pin!(shutdown);
     let mut state = State::new(options, &watch_metrics);

@@ -217,10 +217,10 @@ pub struct Rewrite {
     /// `continue`: later rules apply to the rewritten name; `stop` (default): none do.
     pub continues: bool,
     pub kind: NameMatch,
-    /// Lower case, and absolute for `exact`; for `regex`, the pattern as written (it is
-    /// compiled case-insensitive).
+    /// Lower case with a trailing dot, as CoreDNS normalizes it (so a prefix or substring ends
+    /// at a label boundary); for `regex`, the pattern as written (compiled case-insensitive).
     pub from: String,
-    /// Lower case, and absolute for `exact`; for `regex`, `{1}`… refer to the pattern's groups.
+    /// Lower case with a trailing dot; for `regex`, `{1}`… refer to the pattern's groups.
     pub to: String,
     /// Compiled `from`, for `regex`.
     pub regex: Option<regex::Regex>,
@@ -230,14 +230,19 @@ pub struct Rewrite {
 
 impl PartialEq for Rewrite {
     fn eq(&self, other: &Self) -> bool {
-        (self.continues, self.kind, &self.from, &self.to, self.answer_auto)
-            == (
-                other.continues,
-                other.kind,
-                &other.from,
-                &other.to,
-                other.answer_auto,
-            )
+        (
+            self.continues,
+            self.kind,
+            &self.from,
+            &self.to,
+            self.answer_auto,
+        ) == (
+            other.continues,
+            other.kind,
+            &other.from,
+            &other.to,
+            other.answer_auto,
+        )
     }
 }
 
@@ -256,8 +261,7 @@ impl Default for HealthPlugin {
 }
 
 /// `ready`'s default address, `:8181`.
-pub const READY_DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8181);
+pub const READY_DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8181);
 
 /// `prometheus`'s default address, `localhost:9153`.
 pub const PROMETHEUS_DEFAULT_ADDR: SocketAddr =

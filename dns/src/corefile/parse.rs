@@ -199,7 +199,10 @@ impl Cursor {
     /// The words that follow on `line`.
     fn args(&mut self, line: usize) -> Vec<Tok> {
         let mut args = Vec::new();
-        while let Some(t) = self.tokens.next_if(|t| t.kind == Kind::Word && t.line == line) {
+        while let Some(t) = self
+            .tokens
+            .next_if(|t| t.kind == Kind::Word && t.line == line)
+        {
             args.push(t);
         }
         args
@@ -239,7 +242,9 @@ fn structure(tokens: Vec<Tok>) -> Result<Vec<RawServer>> {
         // Keys run on one line, or on to the next after a trailing comma.
         let mut keys = vec![first];
         let open = loop {
-            let last = keys.last().map_or((0, false), |k| (k.line, k.text.ends_with(',')));
+            let last = keys
+                .last()
+                .map_or((0, false), |k| (k.line, k.text.ends_with(',')));
             match cur.peek().map(|t| (t.kind, t.line)) {
                 None => {
                     return err(
@@ -406,7 +411,13 @@ fn build(raw: Vec<RawServer>) -> Result<Corefile> {
     let mut kubernetes_at: Option<usize> = None;
     for r in raw {
         let (zones, port) = server_keys(&r.keys)?;
-        for (zone, line) in &zones {
+        for (i, (zone, line)) in zones.iter().enumerate() {
+            if zones[..i].iter().any(|(z, _)| z == zone) {
+                return err(
+                    *line,
+                    format!("zone \"{zone}\" given twice in the keys of one server block"),
+                );
+            }
             if let Some(first) = served.insert((zone.clone(), port), *line) {
                 return err(
                     *line,
@@ -416,8 +427,8 @@ fn build(raw: Vec<RawServer>) -> Result<Corefile> {
                 );
             }
         }
-        let zones: Vec<String> = zones.into_iter().map(|(z, _)| z).collect();
         let line = r.keys.first().map_or(0, |k| k.line);
+        let zones: Vec<String> = zones.into_iter().map(|(z, _)| z).collect();
         let (server, kubernetes) = server_block(&r.directives, line, zones, port)?;
         if let Some(at) = kubernetes {
             if let Some(first) = kubernetes_at {
@@ -446,9 +457,7 @@ fn server_keys(keys: &[Tok]) -> Result<(Vec<(String, usize)>, u16)> {
                 Some(q) if q != p => {
                     return err(
                         key.line,
-                        format!(
-                            "all zones of a server block must share a port (here {q} and {p})"
-                        ),
+                        format!("all zones of a server block must share a port (here {q} and {p})"),
                     );
                 }
                 _ => port = Some(p),
@@ -458,7 +467,10 @@ fn server_keys(keys: &[Tok]) -> Result<(Vec<(String, usize)>, u16)> {
     }
     match port {
         Some(port) => Ok((zones, port)),
-        None => err(keys.first().map_or(0, |k| k.line), "server block without a zone"),
+        None => err(
+            keys.first().map_or(0, |k| k.line),
+            "server block without a zone",
+        ),
     }
 }
 
@@ -488,7 +500,12 @@ fn server_key(key: &str, line: usize) -> Result<(String, u16)> {
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) => match port.parse::<u16>() {
             Ok(port) => (host, port),
-            Err(_) => return err(line, format!("server block key \"{key}\": bad port \"{port}\"")),
+            Err(_) => {
+                return err(
+                    line,
+                    format!("server block key \"{key}\": bad port \"{port}\""),
+                );
+            }
         },
         None => (rest, 53),
     };
@@ -663,7 +680,10 @@ fn number<T: FromStr>(plugin: &str, what: &str, t: &Tok) -> Result<T> {
     t.text.parse().or_else(|_| {
         err(
             t.line,
-            format!("{plugin}: {what} must be a whole number, not \"{}\"", t.text),
+            format!(
+                "{plugin}: {what} must be a whole number, not \"{}\"",
+                t.text
+            ),
         )
     })
 }
@@ -1061,7 +1081,12 @@ fn cache(d: &Directive, block_zones: &[String]) -> Result<Cache> {
         let name = o.name.text.as_str();
         match name {
             "success" | "denial" => {
-                arity(P, o, (1..=3).contains(&o.args.len()), "CAPACITY [TTL [MINTTL]]")?;
+                arity(
+                    P,
+                    o,
+                    (1..=3).contains(&o.args.len()),
+                    "CAPACITY [TTL [MINTTL]]",
+                )?;
                 let side: &mut CacheSide = if name == "success" {
                     &mut c.success
                 } else {
@@ -1229,10 +1254,7 @@ fn hosts(d: &Directive, block_zones: &[String]) -> Result<Hosts> {
                 .iter()
                 .map(|t| match normalize_name(&t.text) {
                     Some(n) => Ok(n),
-                    None => err(
-                        t.line,
-                        format!("hosts: \"{}\" is not a valid name", t.text),
-                    ),
+                    None => err(t.line, format!("hosts: \"{}\" is not a valid name", t.text)),
                 })
                 .collect::<Result<Vec<_>>>()?;
             h.inline.push((ip, names));
@@ -1325,7 +1347,10 @@ fn rewrite(d: &Directive) -> Result<Rewrite> {
     let answer_auto = match tail {
         [] => false,
         [a, b] if lower(a) == "answer" && lower(b) == "auto" => true,
-        [a, b, ..] if lower(a) == "answer" && matches!(lower(b).as_str(), "name" | "value") => {
+        [a, b, ..]
+            if lower(a) == "answer"
+                && matches!(lower(b).as_str(), "name" | "value" | "question") =>
+        {
             return err(
                 b.line,
                 format!(
@@ -1351,13 +1376,25 @@ fn rewrite(d: &Directive) -> Result<Rewrite> {
             format!("rewrite: \"{}\" is not a valid name", t.text),
         ),
     };
+    // As CoreDNS: lower case with a trailing dot, so prefixes and substrings end at a label
+    // boundary; only exact names must be valid names.
+    let fqdn = |t: &Tok| {
+        let mut s = lower(t);
+        if !s.ends_with('.') {
+            s.push('.');
+        }
+        s
+    };
     let (from_s, to_s, regex) = match kind {
         NameMatch::Exact => (name(from)?, name(to)?, None),
         NameMatch::Prefix | NameMatch::Suffix | NameMatch::Substring => {
-            (lower(from), lower(to), None)
+            (fqdn(from), fqdn(to), None)
         }
         NameMatch::Regex => {
-            let re = regex::Regex::new(&format!("(?i){}", from.text)).or_else(|e| {
+            let re = regex::RegexBuilder::new(&from.text)
+                .case_insensitive(true)
+                .build();
+            let re = re.or_else(|e| {
                 err(
                     from.line,
                     format!("rewrite: bad regex \"{}\": {e}", from.text),
@@ -1372,7 +1409,7 @@ fn rewrite(d: &Directive) -> Result<Rewrite> {
                     ),
                 );
             }
-            (from.text.clone(), lower(to), Some(re))
+            (from.text.clone(), fqdn(to), Some(re))
         }
     };
     Ok(Rewrite {
@@ -1412,13 +1449,16 @@ fn log(d: &Directive) -> Result<()> {
     match d.args.as_slice() {
         [] => Ok(()),
         [a] if a.text == "." => Ok(()),
-        [a, ..] => err(
-            a.line,
-            format!(
-                "log: arguments (\"{}\") are not supported by svcplane-dns (only \"log\" or \"log .\")",
-                a.text
-            ),
-        ),
+        [first, rest @ ..] => {
+            let bad = if first.text == "." { &rest[0] } else { first };
+            err(
+                bad.line,
+                format!(
+                    "log: argument \"{}\" is not supported by svcplane-dns (only \"log\" or \"log .\")",
+                    bad.text
+                ),
+            )
+        }
     }
 }
 

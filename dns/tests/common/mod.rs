@@ -97,6 +97,17 @@ impl Tethered {
         args: &[String],
         log: &std::path::Path,
     ) -> Self {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Tethered::spawn`] with environment variables set for the process.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: &std::path::Path,
+    ) -> Self {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut child = Command::new("sh")
@@ -105,6 +116,7 @@ impl Tethered {
             .arg("sh")
             .arg(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::piped())
             .stdout(out)
             .stderr(err)
@@ -152,5 +164,87 @@ impl Drop for Tethered {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An upstream on loopback (UDP) that answers every A question with its one address (TTL 0),
+/// NXDOMAIN for names starting with `nx.`, NODATA for other types, and records what it was
+/// asked. Dropping it stops it.
+pub struct NameStub {
+    pub addr: SocketAddr,
+    pub address: std::net::Ipv4Addr,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NameStub {
+    pub async fn start(address: std::net::Ipv4Addr) -> NameStub {
+        use hickory_proto::op::{Message, MessageType, ResponseCode};
+        use hickory_proto::rr::rdata::{A, SOA};
+        use hickory_proto::rr::{Name, RData, Record, RecordType};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind stub");
+        let addr = socket.local_addr().expect("addr");
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = query.queries.first().cloned() else {
+                    continue;
+                };
+                let name = q.name().to_ascii().to_ascii_lowercase();
+                log.lock()
+                    .expect("lock")
+                    .push(format!("{name} {}", q.query_type()));
+                let mut reply = Message::new(
+                    query.metadata.id,
+                    MessageType::Response,
+                    query.metadata.op_code,
+                );
+                reply.metadata.recursion_desired = query.metadata.recursion_desired;
+                reply.metadata.recursion_available = true;
+                reply.add_query(q.clone());
+                if name.starts_with("nx.") {
+                    reply.metadata.response_code = ResponseCode::NXDomain;
+                    let apex = Name::from_ascii("stub.invalid.").expect("name");
+                    reply.add_authority(Record::from_rdata(
+                        apex.clone(),
+                        0,
+                        RData::SOA(SOA::new(apex.clone(), apex, 1, 1, 1, 1, 0)),
+                    ));
+                } else if q.query_type() == RecordType::A {
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        0,
+                        RData::A(A(address)),
+                    ));
+                }
+                if let Ok(bytes) = reply.to_vec() {
+                    let _ = socket.send_to(&bytes, from).await;
+                }
+            }
+        });
+        NameStub {
+            addr,
+            address,
+            asked,
+            task,
+        }
+    }
+
+    /// The questions asked so far, as `name. TYPE`, lower case.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for NameStub {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 use super::questions::{EdnsMode, Proto, Question};
 
@@ -235,10 +235,15 @@ fn decode(raw: &[u8], id: u16) -> Outcome {
 /// Asks `server` over the question's transport. Zone transfers over TCP may be answered with
 /// several messages: only the first is compared.
 pub async fn ask(server: SocketAddr, q: &Question, id: u16) -> Outcome {
+    ask_from(server, q, id, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// [`ask`] from the loopback address `src` (autopath tells pods apart by it).
+pub async fn ask_from(server: SocketAddr, q: &Question, id: u16, src: std::net::IpAddr) -> Outcome {
     let wire = encode(q, id);
     match q.proto {
         Proto::Udp => {
-            let socket = UdpSocket::bind("127.0.0.1:0")
+            let socket = UdpSocket::bind(SocketAddr::new(src, 0))
                 .await
                 .map_err(|e| e.to_string())?;
             socket.connect(server).await.map_err(|e| e.to_string())?;
@@ -254,7 +259,9 @@ pub async fn ask(server: SocketAddr, q: &Question, id: u16) -> Outcome {
         }
         Proto::Tcp => {
             let exchange = async {
-                let mut stream = TcpStream::connect(server).await?;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(src, 0))?;
+                let mut stream = socket.connect(server).await?;
                 let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&wire);
                 stream.write_all(&framed).await?;
