@@ -323,9 +323,8 @@ async fn reload_loop(
     let period = (every.interval + Duration::from_millis(offset))
         .saturating_sub(every.jitter / 2)
         .max(Duration::from_secs(1));
-    let mut last = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| corefile::parse(&t).ok());
+    let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut last = corefile::parse(&last_text).ok();
     loop {
         tokio::time::sleep(period).await;
         let text = match std::fs::read_to_string(&path) {
@@ -335,6 +334,10 @@ async fn reload_loop(
                 continue;
             }
         };
+        if text == last_text {
+            continue;
+        }
+        last_text.clone_from(&text);
         // Compared parsed, so comments and spacing are no change (as CoreDNS's checksum).
         let parsed = corefile::parse(&text);
         if let (Ok(new), Some(old)) = (&parsed, &last)

@@ -418,3 +418,141 @@ async fn autopath_answers_the_first_search_expansion_that_exists() {
     let out = dig_async(s.dns, &args).await;
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
 }
+
+/// A server from `text` (a `.:{$PORT}` Corefile) over the fixed index, on a free port.
+async fn serve(text: &str, vars: &[(&str, String)]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let port = common::free_dns_port().port();
+    let mut vars: HashMap<&str, String> = vars.iter().cloned().collect();
+    vars.insert("PORT", port.to_string());
+    let file = corefile::parse_with_env(text, &|k| vars.get(k).cloned()).expect("Corefile");
+    let metrics = test_metrics();
+    let plan = Plan::from_corefile(
+        &file,
+        &Environment {
+            nameserver: ObjectKey::new("kube-system", "kube-dns"),
+            metrics: &metrics,
+            read,
+        },
+    )
+    .expect("plan");
+    let listen = plan.listen.clone();
+    let handler = Handler::with_plan(
+        Arc::new(ArcSwap::from_pointee(index())),
+        Arc::new(ArcSwap::from_pointee(plan)),
+        metrics,
+    );
+    let server = DnsServer::bind(&listen, handler).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let task = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_options_except_policy_and_max_concurrent() {
+    let first = NameStub::start(Ipv4Addr::new(192, 0, 2, 1)).await;
+    let second = NameStub::start(Ipv4Addr::new(192, 0, 2, 2)).await;
+    // A port that takes questions and never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (dns, _task) = serve(
+        ".:{$PORT} {
+    bind 127.0.0.1
+    forward . {$FIRST} {$SECOND} {
+        policy sequential
+        except skipped.example
+    }
+}
+slow.example:{$PORT} {
+    bind 127.0.0.1
+    forward . {$SILENT} {
+        max_concurrent 1
+    }
+}
+",
+        &[
+            ("FIRST", first.addr.to_string()),
+            ("SECOND", second.addr.to_string()),
+            ("SILENT", silent.local_addr().expect("addr").to_string()),
+        ],
+    )
+    .await;
+    // sequential: the first upstream every time.
+    for i in 0..10 {
+        let out = dig_async(dns, &[&format!("q{i}.example"), "A"]).await;
+        assert_eq!(
+            answers(&out),
+            [format!("q{i}.example. a 192.0.2.1")],
+            "{out}"
+        );
+    }
+    assert!(second.asked().is_empty(), "{:?}", second.asked());
+    // except: not forwarded, and nothing after forward: SERVFAIL as CoreDNS.
+    let out = dig_async(dns, &["a.skipped.example", "A"]).await;
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
+    assert!(!first.asked().iter().any(|q| q.contains("skipped")));
+    // max_concurrent 1: while one question waits on the silent upstream, the next is REFUSED.
+    let waiting = tokio::spawn(dig_async(dns, &["+time=4", "one.slow.example", "A"]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let out = dig_async(dns, &["two.slow.example", "A"]).await;
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    let out = waiting.await.expect("join");
+    assert_eq!(
+        status(&out),
+        "SERVFAIL",
+        "the silent upstream times out: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loadbalance_flag_shuffles_without_a_corefile() {
+    use svcplane_dns::plan::FlagSettings;
+    let config = svcplane_dns::Config {
+        zone: "cluster.local".into(),
+        ttl: 5,
+        pods: svcplane_dns::PodMode::Insecure,
+        nameserver: ObjectKey::new("kube-system", "kube-dns"),
+    };
+    let metrics = test_metrics();
+    let listen: SocketAddr = common::free_dns_port();
+    let flags = |loadbalance| FlagSettings {
+        config: config.clone(),
+        listen: vec![listen],
+        upstreams: vec![],
+        cache_capacity: 10,
+        loadbalance,
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        lameduck: std::time::Duration::ZERO,
+    };
+    for (loadbalance, orders_wanted) in [(false, 1), (true, 2)] {
+        let plan = Plan::from_flags(flags(loadbalance), &metrics);
+        let handler = Handler::with_plan(
+            Arc::new(ArcSwap::from_pointee(index())),
+            Arc::new(ArcSwap::from_pointee(plan)),
+            metrics.clone(),
+        );
+        let server = DnsServer::bind(&[listen], handler).await.expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let out = dig_async(listen, &["+short", "pool.shop.svc.cluster.local", "A"]).await;
+            orders.insert(out);
+        }
+        assert!(
+            if loadbalance {
+                orders.len() >= orders_wanted
+            } else {
+                orders.len() == 1
+            },
+            "--loadbalance={loadbalance}: {} orders",
+            orders.len()
+        );
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+}
