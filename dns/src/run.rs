@@ -57,21 +57,27 @@ pub enum PodsFlag {
 #[command(name = "svcplane-dns", version, about)]
 pub struct Args {
     /// The cluster zone served.
-    #[arg(long, env = "SVCPLANE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "SVCPLANE_CLUSTER_DOMAIN",
+        conflicts_with = "corefile",
+        default_value = "cluster.local"
+    )]
     pub cluster_domain: String,
     /// Address to serve DNS on, UDP and TCP; repeat for several.
     #[arg(
         long = "listen",
         env = "SVCPLANE_DNS_LISTEN",
+        conflicts_with = "corefile",
         value_delimiter = ',',
         default_value = "0.0.0.0:53"
     )]
     pub listen: Vec<SocketAddr>,
     /// TTL of cluster answers, in seconds; also the SOA minimum.
-    #[arg(long, env = "SVCPLANE_DNS_TTL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    #[arg(long, env = "SVCPLANE_DNS_TTL", conflicts_with = "corefile", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub ttl: u32,
     /// Pod records `a-b-c-d.<ns>.pod.<zone>`: off, for any address, or only for a pod that has it.
-    #[arg(long, env = "SVCPLANE_DNS_PODS", value_enum, default_value_t = PodsFlag::Insecure)]
+    #[arg(long, env = "SVCPLANE_DNS_PODS", conflicts_with = "corefile", value_enum, default_value_t = PodsFlag::Insecure)]
     pub pods: PodsFlag,
     /// The Service (namespace/name) whose cluster IPs are the zone's name servers.
     #[arg(
@@ -82,16 +88,21 @@ pub struct Args {
     pub nameserver_service: String,
     /// Upstream resolver for names outside the cluster zone (ip or ip:port); repeat for several.
     /// Default: the nameservers in /etc/resolv.conf.
-    #[arg(long = "upstream", env = "SVCPLANE_DNS_UPSTREAM", value_delimiter = ',', value_parser = parse_upstream)]
+    #[arg(long = "upstream", env = "SVCPLANE_DNS_UPSTREAM", conflicts_with = "corefile", value_delimiter = ',', value_parser = parse_upstream)]
     pub upstream: Vec<SocketAddr>,
     /// Entries the forwarding cache holds at most.
-    #[arg(long, env = "SVCPLANE_DNS_CACHE_CAPACITY", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SVCPLANE_DNS_CACHE_CAPACITY",
+        conflicts_with = "corefile",
+        default_value_t = 10_000
+    )]
     pub cache_capacity: usize,
     /// How long to keep answering after SIGTERM while /health reports unhealthy.
-    #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", default_value = "5s", value_parser = svcplane_runtime::parse_duration)]
+    #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", conflicts_with = "corefile", default_value = "5s", value_parser = svcplane_runtime::parse_duration)]
     pub lameduck: Duration,
     /// Shuffle the A/AAAA records of every answer, as CoreDNS's loadbalance plugin.
-    #[arg(long, env = "SVCPLANE_DNS_LOADBALANCE")]
+    #[arg(long, env = "SVCPLANE_DNS_LOADBALANCE", conflicts_with = "corefile")]
     pub loadbalance: bool,
     /// Run from a CoreDNS Corefile (e.g. the mounted `coredns` ConfigMap) instead of the DNS
     /// flags above; `--nameserver-service`, the API client and logging flags still apply.

@@ -119,3 +119,132 @@ async fn manifests_apply_and_their_arguments_and_rbac_run_the_server() {
         .expect("dig");
     assert_eq!(ns.trim(), "kube-dns.kube-system.svc.cluster.local.");
 }
+
+/// kubeadm's Corefile, as `kubeadm init` writes it into the `coredns` ConfigMap.
+const KUBEADM_COREFILE: &str = ".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corefile_patch_mounts_the_coredns_configmap() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let env = TestEnv::start().await.expect("control plane");
+    let client = env.client().await.expect("client");
+    if let Err(error) = kubelet::create_namespace(&client, "kube-system").await {
+        assert!(error.to_string().contains("already exists"), "{error}");
+    }
+    apply_manifest(&client).await;
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "kube-system");
+    let coredns = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("coredns".into()),
+            ..Default::default()
+        },
+        data: Some([("Corefile".to_owned(), KUBEADM_COREFILE.to_owned())].into()),
+        ..Default::default()
+    };
+    configmaps
+        .create(&PostParams::default(), &coredns)
+        .await
+        .expect("coredns ConfigMap");
+
+    // The patch as `kubectl patch --patch-file` sends it: a strategic merge, strictly validated.
+    let patch: serde_json::Value = serde_saphyr::from_str(include_str!(
+        "../../deploy/patches/svcplane-dns-corefile.yaml"
+    ))
+    .expect("the patch parses");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "kube-system");
+    let patched = deployments
+        .patch(
+            "svcplane-dns",
+            &PatchParams::default().validation_strict(),
+            &Patch::Strategic(patch),
+        )
+        .await
+        .expect("the patch applies");
+    let pod = patched.spec.template.spec.expect("pod spec");
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    assert_eq!(
+        args,
+        [
+            "--corefile=/etc/coredns/Corefile",
+            "--nameserver-service=kube-system/kube-dns",
+            "--log-format=json"
+        ]
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/coredns")
+        .expect("the Corefile is mounted");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mounted volume");
+    let source = volume.config_map.as_ref().expect("a ConfigMap volume");
+    assert_eq!(source.name, "coredns");
+    // The probes still find /health and /ready on 9153 (the Corefile's prometheus address).
+    assert!(KUBEADM_COREFILE.contains("prometheus :9153"));
+    assert_eq!(
+        container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .map(|h| h.path.clone()),
+        Some(Some("/ready".into()))
+    );
+
+    // What the pod would read from the mount, checked by the binary with the patched args.
+    let stored = configmaps.get("coredns").await.expect("ConfigMap");
+    let corefile = env.dir().join("mounted-Corefile");
+    std::fs::write(
+        &corefile,
+        stored
+            .data
+            .expect("data")
+            .get("Corefile")
+            .expect("Corefile key"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_svcplane-dns"))
+        .arg(format!("--check-corefile={}", corefile.display()))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let described = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        described.contains("kubernetes: zone cluster.local"),
+        "{described}"
+    );
+}
