@@ -121,16 +121,17 @@ pub struct Plan {
 
 impl Plan {
     /// The block that answers `lower` (absolute, lower case) arriving on `port`: the one whose
-    /// zone matches it most closely; none means REFUSED.
+    /// zone matches it most closely; none means REFUSED. Port 0 (a handler used without a
+    /// listener) matches every block.
     pub fn block(&self, port: u16, lower: &str) -> Option<&Arc<Block>> {
+        let on_port = |b: &Block| port == 0 || b.port.is_none_or(|p| p == port);
         if let [only] = self.blocks.as_slice() {
             // The common case (one block for `.`, or the flags): no comparison needed.
-            return (only.port.is_none_or(|p| p == port) && only.matches(lower).is_some())
-                .then_some(only);
+            return (on_port(only) && only.matches(lower).is_some()).then_some(only);
         }
         self.blocks
             .iter()
-            .filter(|b| b.port.is_none_or(|p| p == port))
+            .filter(|b| on_port(b))
             .filter_map(|b| b.matches(lower).map(|len| (len, b)))
             .max_by_key(|(len, _)| *len)
             .map(|(_, b)| b)
