@@ -5,6 +5,11 @@
 #
 #   bench/dns.sh                       (10000 Services x 10 endpoints)
 #   SERVICES=1000 bench/dns.sh         (a quicker run)
+#   SVCPLANE_DNS_BASELINE=/path/to/an/older/svcplane-dns bench/dns.sh
+#                                      (also measures that binary, with the same flags)
+#
+# svcplane-dns is measured twice: with its flags, and from kubeadm's default Corefile, the very
+# file CoreDNS runs from (ports and kubeconfig come from the environment).
 #
 # Prints Markdown rows for docs/benchmarks.md.
 set -euo pipefail
@@ -72,44 +77,82 @@ PY
     echo "$name rss_after $(rss "$pid")"
 }
 
-# svcplane-dns alone on CPU 1.
+# kubeadm's Corefile, for svcplane-dns and CoreDNS alike, forwarding to a silent loopback port.
+cat >"$work/Corefile" <<'CF'
+.:{$DNS_PORT} {
+    bind 127.0.0.1
+    errors
+    health 127.0.0.1:{$HEALTH_PORT} {
+       lameduck 5s
+    }
+    ready 127.0.0.1:{$READY_PORT}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       kubeconfig {$KUBECONFIG}
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus 127.0.0.1:{$METRICS_PORT}
+    forward . 127.0.0.1:9 {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+CF
+export KUBECONFIG=$kubeconfig
+
+flags_server() { # binary -> svcplane-dns from flags on 10053, admin 19090, alone on CPU 1
+    taskset -c 1 "$1" --kubeconfig "$kubeconfig" --listen 127.0.0.1:10053 \
+        --admin-addr 127.0.0.1:19090 --upstream 127.0.0.1:9 --lameduck 0s >>"$work/svcplane.log" 2>&1 &
+}
+
+: >"$work/results"
+if [ -n "${SVCPLANE_DNS_BASELINE:-}" ]; then
+    start=$(date +%s.%N)
+    flags_server "$SVCPLANE_DNS_BASELINE"
+    pids+=($!); bp=$!
+    wait_ready http://127.0.0.1:19090/ready
+    echo "baseline sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
+    measure baseline 10053 "$bp" >>"$work/results"
+    kill "$bp"; wait "$bp" 2>/dev/null || true
+fi
+
+# svcplane-dns alone on CPU 1, from its flags.
 start=$(date +%s.%N)
-taskset -c 1 target/release/svcplane-dns --kubeconfig "$kubeconfig" --listen 127.0.0.1:10053 \
-    --admin-addr 127.0.0.1:19090 --upstream 127.0.0.1:9 --lameduck 0s >"$work/svcplane.log" 2>&1 &
+flags_server target/release/svcplane-dns
 pids+=($!); sp=$!
 wait_ready http://127.0.0.1:19090/ready
-echo "svcplane sync_s $(echo "$(date +%s.%N) - $start" | bc)" >"$work/results"
+echo "svcplane sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
 measure svcplane 10053 "$sp" >>"$work/results"
 kill "$sp"; wait "$sp" 2>/dev/null || true
 
-# CoreDNS alone on CPU 1, as kubeadm configures it but forwarding to a silent loopback port.
-cat >"$work/Corefile" <<CF
-.:10054 {
-    errors
-    ready 127.0.0.1:18181
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-        kubeconfig $kubeconfig svcplane-testenv
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-        ttl 5
-    }
-    forward . 127.0.0.1:9
-    cache 30 {
-        disable success cluster.local
-        disable denial cluster.local
-    }
-}
-CF
+# svcplane-dns alone on CPU 1, from kubeadm's Corefile.
 start=$(date +%s.%N)
-GOMAXPROCS=1 taskset -c 1 "$coredns" -conf "$work/Corefile" >"$work/coredns.log" 2>&1 &
+DNS_PORT=10055 HEALTH_PORT=18080 READY_PORT=18182 METRICS_PORT=19153 \
+    taskset -c 1 target/release/svcplane-dns --corefile "$work/Corefile" >"$work/svcplane-corefile.log" 2>&1 &
+pids+=($!); sc=$!
+wait_ready http://127.0.0.1:18182/ready
+echo "corefile sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
+measure corefile 10055 "$sc" >>"$work/results"
+kill "$sc"; wait "$sc" 2>/dev/null || true
+
+# CoreDNS alone on CPU 1, from the same Corefile.
+start=$(date +%s.%N)
+DNS_PORT=10054 HEALTH_PORT=18081 READY_PORT=18181 METRICS_PORT=19154 \
+    GOMAXPROCS=1 taskset -c 1 "$coredns" -conf "$work/Corefile" >"$work/coredns.log" 2>&1 &
 pids+=($!); cd_pid=$!
 wait_ready http://127.0.0.1:18181/ready
 echo "coredns sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
 measure coredns 10054 "$cd_pid" >>"$work/results"
 
 # Programming latency: a new Service until each server answers it (both running now).
-taskset -c 1 target/release/svcplane-dns --kubeconfig "$kubeconfig" --listen 127.0.0.1:10053 \
-    --admin-addr 127.0.0.1:19090 --upstream 127.0.0.1:9 --lameduck 0s >>"$work/svcplane.log" 2>&1 &
+flags_server target/release/svcplane-dns
 pids+=($!)
 wait_ready http://127.0.0.1:19090/ready
 python3 - "$kubeconfig" >>"$work/results" <<'PY'
@@ -148,21 +191,28 @@ r = {}
 for line in open(sys.argv[1]):
     name, key, value = line.split()
     r.setdefault(name, {})[key] = value
-s, c = r["svcplane"], r["coredns"]
+s, f, c = r["svcplane"], r["corefile"], r["coredns"]
+b = r.get("baseline")
 def ratio(a, b, invert=False):
     try:
         a, b = float(a), float(b)
         return f"{(b / a if invert else a / b):.2f}"
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, TypeError):
         return "n/a"
-print(f"| {sys.argv[2]} Services x {sys.argv[3]} endpoints | svcplane-dns | CoreDNS | svcplane / CoreDNS |")
-print("|---|---|---|---|")
-print(f"| QPS at saturation (1 core) | {s['qps']} | {c['qps']} | {ratio(s['qps'], c['qps'])} |")
-print(f"| p50 latency at a fixed rate | {s['p50_us']} µs | {c['p50_us']} µs | {ratio(s['p50_us'], c['p50_us'])} |")
-print(f"| p99 latency at a fixed rate | {s['p99_us']} µs | {c['p99_us']} µs | {ratio(s['p99_us'], c['p99_us'])} |")
-print(f"| RSS after sync | {s['rss_ready']} MiB | {c['rss_ready']} MiB | {ratio(s['rss_ready'], c['rss_ready'])} |")
-print(f"| RSS after the load | {s['rss_after']} MiB | {c['rss_after']} MiB | {ratio(s['rss_after'], c['rss_after'])} |")
-print(f"| start to ready (initial sync) | {float(s['sync_s']):.1f} s | {float(c['sync_s']):.1f} s | {ratio(s['sync_s'], c['sync_s'])} |")
-print(f"| Service created to first NOERROR (median of 10) | {s.get('programming_ms_median','n/a')} ms | {c.get('programming_ms_median','n/a')} ms | {ratio(s.get('programming_ms_median'), c.get('programming_ms_median'))} |")
-print(f"| queries lost at saturation | {s['lost']} | {c['lost']} | |")
+head = f"| {sys.argv[2]} Services x {sys.argv[3]} endpoints | svcplane-dns (flags) | svcplane-dns (Corefile) | CoreDNS (Corefile) | svcplane / CoreDNS | Corefile / flags |"
+if b:
+    head += " baseline (flags) | Corefile / baseline |"
+print(head)
+print("|---" * (head.count("|") - 1) + "|")
+rows = [("QPS at saturation (1 core)", "qps", ""), ("p50 latency at a fixed rate", "p50_us", " µs"),
+        ("p99 latency at a fixed rate", "p99_us", " µs"), ("RSS after sync", "rss_ready", " MiB"),
+        ("RSS after the load", "rss_after", " MiB"), ("start to ready (initial sync)", "sync_s", " s")]
+for label, key, unit in rows:
+    fmt = (lambda v: f"{float(v):.1f}") if key == "sync_s" else (lambda v: v)
+    line = f"| {label} | {fmt(s[key])}{unit} | {fmt(f[key])}{unit} | {fmt(c[key])}{unit} | {ratio(s[key], c[key])} | {ratio(f[key], s[key])} |"
+    if b:
+        line += f" {fmt(b[key])}{unit} | {ratio(f[key], b[key])} |"
+    print(line)
+print(f"| Service created to first NOERROR (median of 10) | {s.get('programming_ms_median','n/a')} ms | | {c.get('programming_ms_median','n/a')} ms | {ratio(s.get('programming_ms_median'), c.get('programming_ms_median'))} | |" + (" | |" if b else ""))
+print(f"| queries lost at saturation | {s['lost']} | {f['lost']} | {c['lost']} | | |" + (f" {b['lost']} | |" if b else ""))
 PY
