@@ -2,7 +2,8 @@
 //! with 10 ready endpoints each, encode; the benchmark's query mix. For profiling the serving
 //! path (`perf record -g target/release/examples/request_path`).
 //!
-//! Run: `cargo run --release -p svcplane-dns --example request_path [QUERIES]`
+//! Run: `cargo run --release -p svcplane-dns --example request_path [QUERIES]`, with
+//! `COREFILE=<path>` to answer as that Corefile says instead of as the flags do.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -98,12 +99,33 @@ fn main() {
     };
     let metrics =
         svcplane_dns::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
-    let handler = Handler::new(
-        Arc::new(ArcSwap::from_pointee(index())),
-        Arc::new(config),
-        None,
-        metrics,
-    );
+    // With COREFILE=<path>, the handler runs what that Corefile says (e.g. kubeadm's).
+    let handler = match std::env::var_os("COREFILE") {
+        None => Handler::new(
+            Arc::new(ArcSwap::from_pointee(index())),
+            Arc::new(config),
+            None,
+            metrics,
+        ),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).expect("COREFILE");
+            let file = svcplane_dns::corefile::parse(&text).expect("Corefile");
+            let plan = svcplane_dns::plan::Plan::from_corefile(
+                &file,
+                &svcplane_dns::plan::Environment {
+                    nameserver: ObjectKey::new("kube-system", "kube-dns"),
+                    metrics: &metrics,
+                    read: |p| std::fs::read_to_string(p),
+                },
+            )
+            .expect("plan");
+            Handler::with_plan(
+                Arc::new(ArcSwap::from_pointee(index())),
+                Arc::new(ArcSwap::from_pointee(plan)),
+                metrics,
+            )
+        }
+    };
     // The benchmark's mix: A 70 %, SRV 20 %, AAAA (no data) 5 %, missing names 5 %.
     let queries: Vec<Vec<u8>> = (0..1000u32)
         .map(|n| {

@@ -123,10 +123,20 @@ enum Lookup {
 /// Answers `qname`/`qtype` from `index`. `qname` is as the client sent it; owner names in the
 /// answer keep its letter case.
 pub fn answer(index: &Index, config: &Config, qname: &str, qtype: QType) -> Answer {
-    let lower = qname.to_ascii_lowercase();
+    answer_lower(index, config, qname, &qname.to_ascii_lowercase(), qtype)
+}
+
+/// [`answer`] with `qname` already in lower case as `lower` (the server has it).
+pub fn answer_lower(
+    index: &Index,
+    config: &Config,
+    qname: &str,
+    lower: &str,
+    qtype: QType,
+) -> Answer {
     let owner = absolute(qname);
-    let name = parse(&lower, &config.zone);
-    if let Some(zone) = reverse_zone(&lower) {
+    let name = parse(lower, &config.zone);
+    if let Some(zone) = reverse_zone(lower) {
         // The reverse zones, as kubeadm's Corefile serves them from the kubernetes plugin:
         // SOA and NS at the apexes, SOA on any name below (NODATA), AXFR refused; PTR of a
         // cluster address answered; everything else falls through to the forwarder.

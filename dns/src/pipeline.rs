@@ -7,6 +7,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record as WireRecord, RecordType};
 
+use crate::answer::answer_lower;
 use crate::corefile::{NameMatch, Rewrite};
 use crate::forward::{ForwardError, in_zone};
 use crate::hosts::Found;
@@ -82,26 +83,70 @@ impl Block {
         qtype: RecordType,
         src: IpAddr,
     ) -> Outcome {
-        let original = name.lower.clone();
         let (asked, rewritten) = match self.rewrite_name(&name.lower) {
-            Some((lower, rule)) => (QName::new(lower), Some(rule)),
+            Some((lower, rule)) => (QName::new(lower), Some((rule, name.lower))),
             None => (name, None),
         };
         let mut outcome = match self.autopath_search(index, &asked, src) {
             Some((base, search)) => self.autopath(index, &asked, &base, &search, qtype).await,
             None => self.inner(index, &asked, qtype).await,
         };
-        if let Outcome::Reply(reply) = &mut outcome {
-            if let Some(rule) = rewritten {
-                revert(reply, rule, &asked.lower, &original);
+        if let Outcome::Reply(reply) = &mut outcome
+            && let Some((rule, original)) = rewritten
+        {
+            revert(reply, rule, &asked.lower, &original);
+        }
+        self.balance(&mut outcome);
+        outcome
+    }
+
+    /// The answer when memory alone gives it (no rewrite or autopath, no upstream to ask):
+    /// the common case, answered without the machinery of [`Block::resolve`]. `None` means
+    /// `resolve` must run.
+    pub fn resolve_now(&self, index: &Index, name: &QName, qtype: RecordType) -> Option<Outcome> {
+        if !self.rewrite.is_empty() || self.autopath.is_some() {
+            return None;
+        }
+        let mut outcome = match self.hosts.as_ref().map(|h| self.hosts_step(h, name, qtype)) {
+            Some(Step::Done(outcome)) => outcome,
+            _ => {
+                let kube = self.kubernetes.as_ref().filter(|k| k.covers(&name.lower))?;
+                let result = answer_lower(
+                    index,
+                    &kube.config,
+                    &name.text,
+                    &name.lower,
+                    crate::server::qtype(qtype),
+                );
+                if result.forward
+                    || result.chase.is_some()
+                    || (result.rcode == Rcode::NxDomain && kube.falls_through(&name.lower))
+                {
+                    return None;
+                }
+                Outcome::Reply(local_reply(&result, wire_all(&result.answers)))
             }
-            if self.loadbalance && reply.rcode == ResponseCode::NoError {
-                shuffle(&mut reply.answers);
-                shuffle(&mut reply.authorities);
-                shuffle(&mut reply.additionals);
+        };
+        self.balance(&mut outcome);
+        Some(outcome)
+    }
+
+    /// `loadbalance` on a reply, when the block has it.
+    fn balance(&self, outcome: &mut Outcome) {
+        if self.loadbalance
+            && let Outcome::Reply(reply) = outcome
+            && reply.rcode == ResponseCode::NoError
+        {
+            for section in [
+                &mut reply.answers,
+                &mut reply.authorities,
+                &mut reply.additionals,
+            ] {
+                if section.len() > 1 {
+                    shuffle(section);
+                }
             }
         }
-        outcome
     }
 
     /// The rewritten name and the rule that stopped (or last applied), if any rule matched.
@@ -133,7 +178,7 @@ impl Block {
         let kube = self.kubernetes.as_ref()?;
         if kube.config.pods != PodMode::Verified
             || !zones.iter().any(|z| in_zone(lower, z))
-            || !in_zone(lower, &kube.zone_abs())
+            || !kube.in_cluster_zone(lower)
         {
             return None;
         }
@@ -265,7 +310,7 @@ impl Block {
         name: &QName,
         rtype: RecordType,
     ) -> Step {
-        let result = answer(index, &kube.config, &name.text, qtype(rtype));
+        let result = answer_lower(index, &kube.config, &name.text, &name.lower, qtype(rtype));
         if result.forward {
             // Not a name the plugin has: the next plugin's if the zone falls through, else
             // NXDOMAIN with the zone's SOA, as the kubernetes plugin answers without it.
@@ -303,14 +348,7 @@ impl Block {
                 }
             }
         }
-        Step::Done(Outcome::Reply(Response {
-            rcode: rcode(result.rcode),
-            authoritative: result.authoritative,
-            recursion_available: false,
-            answers,
-            authorities: result.authority.iter().filter_map(wire).collect(),
-            additionals: wire_all(&result.additionals),
-        }))
+        Step::Done(Outcome::Reply(local_reply(&result, answers)))
     }
 
     async fn forward_step(&self, name: &QName, rtype: RecordType) -> Step {
@@ -342,6 +380,18 @@ impl Block {
                 Step::Done(Outcome::Failure(ResponseCode::ServFail))
             }
         }
+    }
+}
+
+/// The reply to a question the kubernetes plugin answered, with `answers` as encoded.
+fn local_reply(result: &crate::Answer, answers: Vec<WireRecord>) -> Response {
+    Response {
+        rcode: rcode(result.rcode),
+        authoritative: result.authoritative,
+        recursion_available: false,
+        answers,
+        authorities: result.authority.iter().filter_map(wire).collect(),
+        additionals: wire_all(&result.additionals),
     }
 }
 
@@ -452,6 +502,7 @@ fn cname_to_answer(reply: &mut Response, asked: &str) {
 
 /// CoreDNS's `loadbalance` on one section: all A (or all AAAA) records are shuffled; a mix is
 /// ordered CNAMEs, other records, A/AAAA shuffled, MX shuffled.
+#[inline(never)]
 pub fn shuffle(records: &mut Vec<WireRecord>) {
     if records.len() < 2 {
         return;

@@ -39,8 +39,21 @@ pub struct KubeSettings {
 impl KubeSettings {
     /// Whether `lower` (absolute, lower case) is a name the plugin answers for.
     pub fn covers(&self, lower: &str) -> bool {
-        in_zone(lower, &self.zone_abs())
+        self.in_cluster_zone(lower)
             || (self.reverse && (in_zone(lower, "in-addr.arpa.") || in_zone(lower, "ip6.arpa.")))
+    }
+
+    /// Whether `lower` (absolute, lower case) is the cluster zone or below it; no allocation,
+    /// as it runs for every question.
+    pub fn in_cluster_zone(&self, lower: &str) -> bool {
+        let zone = self.config.zone.as_str();
+        let Some(name) = lower.strip_suffix('.') else {
+            return false;
+        };
+        name == zone
+            || (name.len() > zone.len()
+                && name.ends_with(zone)
+                && name.as_bytes()[name.len() - zone.len() - 1] == b'.')
     }
 
     pub fn zone_abs(&self) -> String {
@@ -236,7 +249,8 @@ impl Block {
         Block {
             port: None,
             zones: vec![".".into()],
-            errors: true,
+            // As before Corefiles: forwarding failures at DEBUG.
+            errors: false,
             log: false,
             loadbalance: false,
             rewrite: vec![],

@@ -350,9 +350,14 @@ impl Handler {
         };
         let start = block.log.then(std::time::Instant::now);
         let index = self.index.load();
-        let outcome = block
-            .resolve(&index, name, original.query_type(), request.src().ip())
-            .await;
+        let outcome = match block.resolve_now(&index, &name, original.query_type()) {
+            Some(outcome) => outcome,
+            // Boxed: the plugins' future is large, and most questions never need it.
+            None => {
+                Box::pin(block.resolve(&index, name, original.query_type(), request.src().ip()))
+                    .await
+            }
+        };
         let info = match outcome {
             Outcome::Reply(reply) => send_reply(request, reply, response_edns, handle).await,
             Outcome::Error(code) | Outcome::Failure(code) => {

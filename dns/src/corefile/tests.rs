@@ -555,3 +555,38 @@ fn durations() {
         assert_eq!(got, want, "{text:?}");
     }
 }
+
+/// Every prefix of kubeadm's Corefile and of an edited one, and each with one byte changed or
+/// removed, parses or fails with an error; nothing panics and every error has a line in range.
+#[test]
+fn damaged_files_fail_cleanly() {
+    let edited = format!(
+        "{KUBEADM}corp.example:53 {{\n  forward . 10.0.0.1 {{\n    except a.corp.example\n  }}\n}}\n\
+         .:5353 {{\n  hosts {{\n    192.0.2.1 a.example\n    fallthrough\n  }}\n  rewrite name regex (.*)\\.x\\. {{1}}.y answer auto\n  kubernetes cluster.local {{\n    pods verified\n  }}\n  autopath @kubernetes\n}}\n"
+    );
+    let mut checked = 0;
+    for text in [KUBEADM, edited.as_str()] {
+        let lines = text.lines().count() + 1;
+        let bytes = text.as_bytes();
+        let mut variants: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+        for i in (0..bytes.len()).step_by(3) {
+            let mut removed = bytes.to_vec();
+            removed.remove(i);
+            variants.push(removed);
+            for replacement in [b'{', b'}', b'"', b'#', b' ', b'\n', b'x'] {
+                let mut changed = bytes.to_vec();
+                changed[i] = replacement;
+                variants.push(changed);
+            }
+        }
+        for variant in variants {
+            let text = String::from_utf8_lossy(&variant);
+            if let Err(e) = parse_with_env(&text, &env) {
+                assert!(e.line <= lines, "{e} beyond the file's {lines} lines");
+                assert!(!e.message.is_empty());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000);
+}
