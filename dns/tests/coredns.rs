@@ -105,6 +105,7 @@ lab.example:{$DNS_PORT} {
     kubernetes cluster.local in-addr.arpa ip6.arpa {
        kubeconfig {$KUBECONFIG}
        pods verified
+       endpoint_pod_names
        fallthrough in-addr.arpa ip6.arpa
        ttl 30
     }
@@ -118,6 +119,14 @@ lab.example:{$DNS_PORT} {
     loadbalance
 }
 ";
+
+/// kubeadm's Corefile without endpoint data (`noendpoints`).
+fn no_endpoints_corefile() -> String {
+    KUBEADM_COREFILE.replace(
+        "       pods insecure\n",
+        "       pods insecure\n       noendpoints\n",
+    )
+}
 
 struct Servers {
     coredns: SocketAddr,
@@ -233,6 +242,42 @@ async fn wait_synced(servers: &mut Servers) {
             Instant::now() < deadline,
             "the servers did not both answer from the cluster within 60 s; logs:\n\
              --- coredns\n{}\n--- svcplane-dns\n{}",
+            servers.coredns_process.log_tail(),
+            servers.svcplane_process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// As [`wait_synced`], for servers that do not watch endpoints: a Service and an empty
+/// namespace answer, and svcplane-dns reports ready.
+async fn wait_synced_without_endpoints(servers: &mut Servers) {
+    let checks = [
+        probe("kubernetes.default.svc.cluster.local.", RecordType::A),
+        probe("empty.svc.cluster.local.", RecordType::A),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        servers.coredns_process.assert_running();
+        servers.svcplane_process.assert_running();
+        let mut all = admin_ready(servers.admin).await;
+        for server in [servers.coredns, servers.svcplane] {
+            all &= answers_with(
+                &ask(server, &checks[0], 1).await,
+                RecordType::A,
+                "10.96.0.1",
+            );
+            all &= ask(server, &checks[1], 1)
+                .await
+                .as_ref()
+                .is_ok_and(|r| r.is_nodata());
+        }
+        if all {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the servers did not both answer within 60 s; logs:\n--- coredns\n{}\n--- svcplane-dns\n{}",
             servers.coredns_process.log_tail(),
             servers.svcplane_process.log_tail()
         );
@@ -398,6 +443,9 @@ fn edited_questions() -> Vec<(Question, IpAddr)> {
             out.push((plain(name, qtype, shape), local));
         }
     }
+    for (name, qtype) in endpoint_questions() {
+        out.push((plain(&name, qtype, "endpoint-names"), local));
+    }
     for ptr in [
         "10.2.0.192.in-addr.arpa.",
         "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.",
@@ -445,6 +493,30 @@ fn edited_questions() -> Vec<(Question, IpAddr)> {
             ),
             local,
         ));
+    }
+    out
+}
+
+/// Headless Services and endpoint names, for `endpoint_pod_names` and `noendpoints`.
+fn endpoint_questions() -> Vec<(String, RecordType)> {
+    let mut out = Vec::new();
+    for name in [
+        "named.other.svc.cluster.local.",
+        "named-pod-0.named.other.svc.cluster.local.",
+        "named-pod-1.named.other.svc.cluster.local.",
+        "h1.named.other.svc.cluster.local.",
+        "10-244-9-1.named.other.svc.cluster.local.",
+        "10-244-9-3.named.other.svc.cluster.local.",
+        "_http._tcp.named.other.svc.cluster.local.",
+        "db.shop.svc.cluster.local.",
+        "db-0.db.shop.svc.cluster.local.",
+        "web.shop.svc.cluster.local.",
+        "1.9.244.10.in-addr.arpa.",
+        "2.9.244.10.in-addr.arpa.",
+    ] {
+        for qtype in [RecordType::A, RecordType::SRV, RecordType::PTR] {
+            out.push((name.to_owned(), qtype));
+        }
     }
     out
 }
@@ -601,6 +673,12 @@ async fn answers_like_coredns() {
         ("api.example.com.", RecordType::A, local, web_ip.as_str()),
         ("web.rx.example.", RecordType::A, local, web_ip.as_str()),
         (
+            "named-pod-0.named.other.svc.cluster.local.",
+            RecordType::A,
+            local,
+            "10.244.9.1",
+        ),
+        (
             "example.org.shop.svc.cluster.local.",
             RecordType::A,
             shop_pod,
@@ -620,7 +698,59 @@ async fn answers_like_coredns() {
         compare(edited.iter().map(|(q, _)| q), outcomes, &allowed, &mut used);
     differences.extend(more);
     allowed_count += more_allowed;
-    let total = asked.len() + edited.len();
+    drop(servers);
+
+    // 3. kubeadm's Corefile with `noendpoints`.
+    let mut servers = start_servers(
+        &env,
+        &coredns_bin,
+        "Corefile.noendpoints",
+        &no_endpoints_corefile(),
+        &[("UPSTREAM", stub.addr.to_string())],
+    );
+    wait_synced_without_endpoints(&mut servers).await;
+    let bare: Vec<(Question, IpAddr)> = endpoint_questions()
+        .into_iter()
+        .map(|(name, qtype)| {
+            (
+                Question {
+                    shape: "noendpoints",
+                    ..probe(&name, qtype)
+                },
+                local,
+            )
+        })
+        .collect();
+    let outcomes = ask_both(&servers, &bare).await;
+    servers.coredns_process.assert_running();
+    servers.svcplane_process.assert_running();
+    let web = &outcomes[bare
+        .iter()
+        .position(|(q, _)| q.name == "web.shop.svc.cluster.local." && q.qtype == RecordType::A)
+        .expect("asked")];
+    assert!(
+        answers_with(&web.0, RecordType::A, &web_ip)
+            && answers_with(&web.1, RecordType::A, &web_ip),
+        "ClusterIP Services still answer: {} / {}",
+        short(&web.0),
+        short(&web.1)
+    );
+    let named = &outcomes[bare
+        .iter()
+        .position(|(q, _)| q.name == "named.other.svc.cluster.local." && q.qtype == RecordType::A)
+        .expect("asked")];
+    assert!(
+        [&named.0, &named.1]
+            .iter()
+            .all(|o| o.as_ref().is_ok_and(|r| r.rcode == "NXDOMAIN")),
+        "a headless Service without endpoint data is NXDOMAIN: {} / {}",
+        short(&named.0),
+        short(&named.1)
+    );
+    let (more, more_allowed) = compare(bare.iter().map(|(q, _)| q), outcomes, &allowed, &mut used);
+    differences.extend(more);
+    allowed_count += more_allowed;
+    let total = asked.len() + edited.len() + bare.len();
 
     let stale: Vec<&str> = used
         .iter()

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
@@ -57,6 +57,19 @@ fn endpoint(ip: &str, hostname: Option<&str>, ready: Option<bool>) -> Endpoint {
     }
 }
 
+/// An endpoint backed by pod `other/<pod>` (for `endpoint_pod_names`).
+fn pod_endpoint(ip: &str, hostname: Option<&str>, pod: &str) -> Endpoint {
+    Endpoint {
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: Some("other".into()),
+            name: Some(pod.into()),
+            ..Default::default()
+        }),
+        ..endpoint(ip, hostname, Some(true))
+    }
+}
+
 enum Kind {
     ClusterIp,
     DualStack,
@@ -91,6 +104,7 @@ fn services() -> Vec<Svc> {
         ports,
     };
     vec![
+        svc("other", "named", Kind::Headless, vec![http()]),
         svc("shop", "web", Kind::ClusterIp, vec![http()]),
         svc(
             "shop",
@@ -196,6 +210,19 @@ fn slices() -> Vec<Slice> {
     let ready = Some(true);
     let not_ready = Some(false);
     vec![
+        // Endpoints backed by pods, one with a hostname, and one without a pod.
+        Slice {
+            ns: "other",
+            service: "named",
+            name: "named-1",
+            family: "IPv4",
+            ports: Some(vec![slice_port(Some("http"), 8080, "TCP")]),
+            endpoints: vec![
+                pod_endpoint("10.244.9.1", None, "named-pod-0"),
+                pod_endpoint("10.244.9.2", Some("h1"), "named-pod-1"),
+                endpoint("10.244.9.3", None, ready),
+            ],
+        },
         Slice {
             ns: "shop",
             service: "cip-eps",
