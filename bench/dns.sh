@@ -5,8 +5,9 @@
 #
 #   bench/dns.sh                       (10000 Services x 10 endpoints)
 #   SERVICES=1000 bench/dns.sh         (a quicker run)
-#   SVCPLANE_DNS_BASELINE=/path/to/an/older/svcplane-dns bench/dns.sh
-#                                      (also measures that binary, with the same flags)
+#   SVCPLANE_DNS_BASELINE=/path/to/an/older/svcplane-dns ROUNDS=3 bench/dns.sh
+#                                      (also measures that binary, with the same flags; each
+#                                      svcplane-dns variant ROUNDS times in rotated order, medians)
 #
 # svcplane-dns is measured twice: with its flags, and from kubeadm's default Corefile, the very
 # file CoreDNS runs from (ports and kubeconfig come from the environment).
@@ -18,6 +19,7 @@ SERVICES=${SERVICES:-10000}
 ENDPOINTS=${ENDPOINTS:-10}
 SATURATION_SECONDS=${SATURATION_SECONDS:-15}
 FIXED_QPS=${FIXED_QPS:-5000}
+ROUNDS=${ROUNDS:-1}
 work=$(mktemp -d /tmp/svcplane-bench-dns.XXXXXX)
 pids=()
 cleanup() {
@@ -113,34 +115,35 @@ flags_server() { # binary -> svcplane-dns from flags on 10053, admin 19090, alon
 }
 
 : >"$work/results"
-if [ -n "${SVCPLANE_DNS_BASELINE:-}" ]; then
+run_svcplane() { # name: baseline (SVCPLANE_DNS_BASELINE, flags), svcplane (flags) or corefile
+    local name=$1 start pid ready port
     start=$(date +%s.%N)
-    flags_server "$SVCPLANE_DNS_BASELINE"
-    pids+=($!); bp=$!
-    wait_ready http://127.0.0.1:19090/ready
-    echo "baseline sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
-    measure baseline 10053 "$bp" >>"$work/results"
-    kill "$bp"; wait "$bp" 2>/dev/null || true
-fi
+    case $name in
+        baseline) flags_server "$SVCPLANE_DNS_BASELINE"; pid=$!; ready=19090; port=10053 ;;
+        svcplane) flags_server target/release/svcplane-dns; pid=$!; ready=19090; port=10053 ;;
+        corefile)
+            DNS_PORT=10055 HEALTH_PORT=18080 READY_PORT=18182 METRICS_PORT=19153 \
+                taskset -c 1 target/release/svcplane-dns --corefile "$work/Corefile" \
+                >>"$work/svcplane-corefile.log" 2>&1 &
+            pid=$!; ready=18182; port=10055 ;;
+    esac
+    pids+=("$pid")
+    wait_ready "http://127.0.0.1:$ready/ready"
+    echo "$name sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
+    measure "$name" "$port" "$pid" >>"$work/results"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 
-# svcplane-dns alone on CPU 1, from its flags.
-start=$(date +%s.%N)
-flags_server target/release/svcplane-dns
-pids+=($!); sp=$!
-wait_ready http://127.0.0.1:19090/ready
-echo "svcplane sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
-measure svcplane 10053 "$sp" >>"$work/results"
-kill "$sp"; wait "$sp" 2>/dev/null || true
-
-# svcplane-dns alone on CPU 1, from kubeadm's Corefile.
-start=$(date +%s.%N)
-DNS_PORT=10055 HEALTH_PORT=18080 READY_PORT=18182 METRICS_PORT=19153 \
-    taskset -c 1 target/release/svcplane-dns --corefile "$work/Corefile" >"$work/svcplane-corefile.log" 2>&1 &
-pids+=($!); sc=$!
-wait_ready http://127.0.0.1:18182/ready
-echo "corefile sync_s $(echo "$(date +%s.%N) - $start" | bc)" >>"$work/results"
-measure corefile 10055 "$sc" >>"$work/results"
-kill "$sc"; wait "$sc" 2>/dev/null || true
+# svcplane-dns alone on CPU 1: from its flags, from kubeadm's Corefile, and the baseline if
+# given; ROUNDS rounds, the order rotated each round, medians reported.
+variants=(svcplane corefile)
+[ -n "${SVCPLANE_DNS_BASELINE:-}" ] && variants=(baseline svcplane corefile)
+for round in $(seq 0 $((ROUNDS - 1))); do
+    n=${#variants[@]}
+    for k in $(seq 0 $((n - 1))); do
+        run_svcplane "${variants[$(((k + round) % n))]}"
+    done
+done
 
 # CoreDNS alone on CPU 1, from the same Corefile.
 start=$(date +%s.%N)
@@ -187,10 +190,17 @@ PY
 
 python3 - "$work/results" "$SERVICES" "$ENDPOINTS" <<'PY'
 import sys
-r = {}
+import statistics
+runs = {}
 for line in open(sys.argv[1]):
     name, key, value = line.split()
-    r.setdefault(name, {})[key] = value
+    runs.setdefault(name, {}).setdefault(key, []).append(value)
+def median(values):
+    try:
+        return f"{statistics.median(float(v) for v in values):.3f}"
+    except ValueError:
+        return values[0]
+r = {name: {key: median(v) for key, v in keys.items()} for name, keys in runs.items()}
 s, f, c = r["svcplane"], r["corefile"], r["coredns"]
 b = r.get("baseline")
 def ratio(a, b, invert=False):
@@ -208,11 +218,16 @@ rows = [("QPS at saturation (1 core)", "qps", ""), ("p50 latency at a fixed rate
         ("p99 latency at a fixed rate", "p99_us", " µs"), ("RSS after sync", "rss_ready", " MiB"),
         ("RSS after the load", "rss_after", " MiB"), ("start to ready (initial sync)", "sync_s", " s")]
 for label, key, unit in rows:
-    fmt = (lambda v: f"{float(v):.1f}") if key == "sync_s" else (lambda v: v)
+    fmt = (lambda v: f"{float(v):.1f}") if key == "sync_s" else (lambda v: f"{float(v):,.0f}")
     line = f"| {label} | {fmt(s[key])}{unit} | {fmt(f[key])}{unit} | {fmt(c[key])}{unit} | {ratio(s[key], c[key])} | {ratio(f[key], s[key])} |"
     if b:
         line += f" {fmt(b[key])}{unit} | {ratio(f[key], b[key])} |"
     print(line)
-print(f"| Service created to first NOERROR (median of 10) | {s.get('programming_ms_median','n/a')} ms | | {c.get('programming_ms_median','n/a')} ms | {ratio(s.get('programming_ms_median'), c.get('programming_ms_median'))} | |" + (" | |" if b else ""))
-print(f"| queries lost at saturation | {s['lost']} | {f['lost']} | {c['lost']} | | |" + (f" {b['lost']} | |" if b else ""))
+def whole(v):
+    try:
+        return f"{float(v):,.0f}"
+    except (TypeError, ValueError):
+        return "n/a"
+print(f"| Service created to first NOERROR (median of 10) | {whole(s.get('programming_ms_median'))} ms | | {whole(c.get('programming_ms_median'))} ms | {ratio(s.get('programming_ms_median'), c.get('programming_ms_median'))} | |" + (" | |" if b else ""))
+print(f"| queries lost at saturation | {whole(s['lost'])} | {whole(f['lost'])} | {whole(c['lost'])} | | |" + (f" {whole(b['lost'])} | |" if b else ""))
 PY

@@ -183,19 +183,52 @@ pub struct FlagSettings {
     pub loadbalance: bool,
     pub admin: SocketAddr,
     pub lameduck: Duration,
+    /// The Corefile's features as flags.
+    pub plugins: FlagPlugins,
+}
+
+/// What the flags add to kubeadm's behaviour, each as the Corefile plugin of the same meaning.
+#[derive(Debug, Clone, Default)]
+pub struct FlagPlugins {
+    /// `--stub-domain`: zones (absolute, lower case) forwarded to their own upstreams.
+    pub stub_domains: Vec<(String, Vec<SocketAddr>)>,
+    /// `--hosts-file`: `hosts FILE { fallthrough }`.
+    pub hosts_file: Option<PathBuf>,
+    /// `--rewrite`: `rewrite` rules, in order.
+    pub rewrite: Vec<Rewrite>,
+    /// `--autopath`: `autopath @kubernetes` (with `--pods verified`).
+    pub autopath: bool,
+    /// `--log-queries`: `log`.
+    pub log: bool,
+    /// `--serve-stale`: the cache's `serve_stale DURATION`.
+    pub serve_stale: Option<Duration>,
+    /// `--prefetch`: the cache's `prefetch AMOUNT` (1 minute, 10 %).
+    pub prefetch: Option<u32>,
+    /// `search` domains of /etc/resolv.conf, for autopath.
+    pub search: Vec<String>,
 }
 
 impl Plan {
     pub fn from_flags(flags: FlagSettings, metrics: &Metrics) -> Plan {
-        let forwarder = Arc::new(
-            Forwarder::new(
-                flags.upstreams,
-                &flags.listen,
-                flags.cache_capacity,
-                FORWARD_TIMEOUT,
+        let mut cache = CacheSettings::flags(flags.cache_capacity);
+        cache.0.serve_stale = flags
+            .plugins
+            .serve_stale
+            .map(|d| (d, corefile::StaleMode::Immediate));
+        cache.0.prefetch = flags.plugins.prefetch.map(|amount| corefile::Prefetch {
+            amount,
+            duration: Duration::from_secs(60),
+            percentage: 10,
+        });
+        let forwarder_to = |upstreams: Vec<SocketAddr>| {
+            Arc::new(
+                Forwarder::new(upstreams, &flags.listen, 0, FORWARD_TIMEOUT)
+                    .with_cache(Some(cache.clone()))
+                    .with_policy(corefile::Policy::RoundRobin, None)
+                    .with_metrics(metrics.clone()),
             )
-            .with_metrics(metrics.clone()),
-        );
+        };
+        let forwarder = forwarder_to(flags.upstreams.clone());
         let kube = Arc::new(KubeSettings {
             config: Arc::new(flags.config),
             reverse: true,
@@ -206,6 +239,35 @@ impl Plan {
         });
         let mut block = Block::single(Some(kube.clone()), Some(forwarder.clone()));
         block.loadbalance = flags.loadbalance;
+        let plugins = flags.plugins;
+        let mut probes = vec![forwarder];
+        // Stub domains first: the first forward whose zone covers a name takes it.
+        let stubs: Vec<ForwardPlugin> = plugins
+            .stub_domains
+            .into_iter()
+            .map(|(zone, upstreams)| {
+                let forwarder = forwarder_to(upstreams);
+                probes.push(forwarder.clone());
+                ForwardPlugin {
+                    from: zone,
+                    except: vec![],
+                    forwarder,
+                }
+            })
+            .collect();
+        block.forward.splice(0..0, stubs);
+        block.hosts = plugins.hosts_file.map(|file| {
+            HostsPlugin::new(corefile::Hosts {
+                file,
+                fallthrough: Some(vec![]),
+                ..corefile::Hosts::new(vec![".".into()])
+            })
+        });
+        block.rewrite = plugins.rewrite;
+        block.autopath = plugins.autopath.then(|| vec![".".into()]);
+        block.search = plugins.search;
+        block.log = plugins.log;
+        block.metrics = Some(metrics.clone());
         Plan {
             blocks: vec![Arc::new(block)],
             listen: flags.listen,
@@ -213,7 +275,7 @@ impl Plan {
             admin: vec![flags.admin],
             lameduck: flags.lameduck,
             reload: None,
-            loop_probes: vec![forwarder],
+            loop_probes: probes,
         }
     }
 

@@ -11,7 +11,7 @@ use svcplane_runtime::{AdminArgs, AdminServer, ClientArgs, Health, LogArgs};
 
 use crate::corefile::{self, Corefile};
 use crate::metrics::Metrics;
-use crate::plan::{Environment, FlagSettings, Plan};
+use crate::plan::{Environment, FlagPlugins, FlagSettings, Plan};
 use crate::server::{DnsServer, Handler};
 use crate::{Config, Index, PodMode};
 
@@ -31,6 +31,8 @@ pub enum Error {
         path: PathBuf,
         error: corefile::Error,
     },
+    #[error("{0}")]
+    Flag(String),
     #[error("the Corefile has no kubernetes plugin; svcplane-dns needs one (e.g. kubeadm's)")]
     NoKubernetes,
     #[error(transparent)]
@@ -101,6 +103,43 @@ pub struct Args {
     /// How long to keep answering after SIGTERM while /health reports unhealthy.
     #[arg(long, env = "SVCPLANE_DNS_LAMEDUCK", conflicts_with = "corefile", default_value = "5s", value_parser = svcplane_runtime::parse_duration)]
     pub lameduck: Duration,
+    /// Forward a zone to its own resolvers (a stub domain): ZONE=ADDR[,ADDR…] (ip or ip:port);
+    /// repeat for several (`;` between them in the environment variable).
+    #[arg(long = "stub-domain", env = "SVCPLANE_DNS_STUB_DOMAINS", value_delimiter = ';', value_parser = parse_stub_domain, conflicts_with = "corefile")]
+    pub stub_domains: Vec<(String, Vec<SocketAddr>)>,
+    /// Answer A/AAAA/PTR from this hosts file first (re-read when it changes); names it lacks go
+    /// on to the cluster zone and forwarding, as CoreDNS's `hosts FILE { fallthrough }`.
+    #[arg(
+        long,
+        env = "SVCPLANE_DNS_HOSTS_FILE",
+        value_name = "PATH",
+        conflicts_with = "corefile"
+    )]
+    pub hosts_file: Option<PathBuf>,
+    /// A rewrite rule as a Corefile writes it after `rewrite`, e.g. "name suffix .corp.example
+    /// .svc.cluster.local answer auto"; repeat for several, applied in order.
+    #[arg(long = "rewrite", value_name = "RULE", conflicts_with = "corefile")]
+    pub rewrite: Vec<String>,
+    /// Walk a pod's DNS search path in the server, as CoreDNS's `autopath @kubernetes`; needs
+    /// `--pods verified`.
+    #[arg(long, env = "SVCPLANE_DNS_AUTOPATH", conflicts_with = "corefile")]
+    pub autopath: bool,
+    /// Log every question, as CoreDNS's `log`.
+    #[arg(long, env = "SVCPLANE_DNS_LOG_QUERIES", conflicts_with = "corefile")]
+    pub log_queries: bool,
+    /// Keep forwarded answers this long past expiry and serve them when every upstream fails or
+    /// while they are refreshed (the cache's `serve_stale`).
+    #[arg(long, env = "SVCPLANE_DNS_SERVE_STALE", value_parser = svcplane_runtime::parse_duration, conflicts_with = "corefile")]
+    pub serve_stale: Option<Duration>,
+    /// Refresh a forwarded answer asked this many times within a minute before it expires (the
+    /// cache's `prefetch AMOUNT`).
+    #[arg(
+        long,
+        env = "SVCPLANE_DNS_PREFETCH",
+        value_name = "AMOUNT",
+        conflicts_with = "corefile"
+    )]
+    pub prefetch: Option<u32>,
     /// Shuffle the A/AAAA records of every answer, as CoreDNS's loadbalance plugin.
     #[arg(long, env = "SVCPLANE_DNS_LOADBALANCE", conflicts_with = "corefile")]
     pub loadbalance: bool,
@@ -117,6 +156,39 @@ pub struct Args {
     pub log: LogArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+fn parse_stub_domain(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
+    let (zone, addrs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ZONE=ADDR[,ADDR…]"))?;
+    let zone = zone.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !zone.is_empty()
+        && zone.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(format!("{zone:?} is not a zone"));
+    }
+    let addrs = addrs
+        .split(',')
+        .map(|a| parse_upstream(a.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((format!("{zone}."), addrs))
+}
+
+/// A `--rewrite` rule, read by the Corefile parser.
+fn parse_rewrite(rule: &str) -> Result<corefile::Rewrite, Error> {
+    let text = format!(".:53 {{\n    rewrite {rule}\n}}\n");
+    let file = corefile::parse_with_env(&text, &|_| None)
+        .map_err(|e| Error::Flag(format!("--rewrite {rule:?}: {}", e.message)))?;
+    file.servers
+        .into_iter()
+        .next()
+        .and_then(|s| s.plugins.rewrite.into_iter().next())
+        .ok_or_else(|| Error::Flag(format!("--rewrite {rule:?}: no rule")))
 }
 
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
@@ -161,15 +233,38 @@ impl Args {
         } else {
             self.upstream.clone()
         };
+        let config = self.config()?;
+        if self.autopath && config.pods != PodMode::Verified {
+            return Err(Error::Flag(
+                "--autopath needs --pods verified (it finds the asking pod by its address)".into(),
+            ));
+        }
+        let search = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|text| crate::forward::resolv_conf_search(&text))
+            .unwrap_or_default();
         Ok(Plan::from_flags(
             FlagSettings {
-                config: self.config()?,
+                config,
                 listen: self.listen.clone(),
                 upstreams,
                 cache_capacity: self.cache_capacity,
                 loadbalance: self.loadbalance,
                 admin: self.admin.admin_addr,
                 lameduck: self.lameduck,
+                plugins: FlagPlugins {
+                    stub_domains: self.stub_domains.clone(),
+                    hosts_file: self.hosts_file.clone(),
+                    rewrite: self
+                        .rewrite
+                        .iter()
+                        .map(|r| parse_rewrite(r))
+                        .collect::<Result<_, _>>()?,
+                    autopath: self.autopath,
+                    log: self.log_queries,
+                    serve_stale: self.serve_stale,
+                    prefetch: self.prefetch,
+                    search,
+                },
             },
             metrics,
         ))

@@ -530,6 +530,7 @@ async fn the_loadbalance_flag_shuffles_without_a_corefile() {
         loadbalance,
         admin: "127.0.0.1:0".parse().expect("addr"),
         lameduck: std::time::Duration::ZERO,
+        plugins: Default::default(),
     };
     for (loadbalance, orders_wanted) in [(false, 1), (true, 2)] {
         let plan = Plan::from_flags(flags(loadbalance), &metrics);
@@ -560,4 +561,85 @@ async fn the_loadbalance_flag_shuffles_without_a_corefile() {
         let _ = stop.send(());
         let _ = task.await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flags_reach_the_same_features() {
+    use svcplane_dns::plan::{FlagPlugins, FlagSettings};
+    let corp = NameStub::start(Ipv4Addr::new(192, 0, 2, 1)).await;
+    let default = NameStub::start(Ipv4Addr::new(192, 0, 2, 3)).await;
+    let hosts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("flags-test-hosts");
+    std::fs::write(&hosts, "192.0.2.20 files.example\n").expect("hosts file");
+    let rule = |text: &str| {
+        let file = corefile::parse_with_env(&format!(".:53 {{\n rewrite {text}\n}}\n"), &|_| None)
+            .expect("rule");
+        file.servers[0].plugins.rewrite[0].clone()
+    };
+    let listen = common::free_dns_port();
+    let metrics = test_metrics();
+    let plan = Plan::from_flags(
+        FlagSettings {
+            config: svcplane_dns::Config {
+                zone: "cluster.local".into(),
+                ttl: 5,
+                pods: svcplane_dns::PodMode::Verified,
+                nameserver: ObjectKey::new("kube-system", "kube-dns"),
+            },
+            listen: vec![listen],
+            upstreams: vec![default.addr],
+            cache_capacity: 100,
+            loadbalance: false,
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            lameduck: std::time::Duration::ZERO,
+            plugins: FlagPlugins {
+                stub_domains: vec![("corp.example.".into(), vec![corp.addr])],
+                hosts_file: Some(hosts),
+                rewrite: vec![rule(
+                    "name suffix .alias.example .shop.svc.cluster.local answer auto",
+                )],
+                autopath: true,
+                log: true,
+                serve_stale: Some(std::time::Duration::from_secs(60)),
+                prefetch: Some(2),
+                search: vec![],
+            },
+        },
+        &metrics,
+    );
+    let handler = Handler::with_plan(
+        Arc::new(ArcSwap::from_pointee(index())),
+        Arc::new(ArcSwap::from_pointee(plan)),
+        metrics,
+    );
+    let server = DnsServer::bind(&[listen], handler).await.expect("bind");
+    let _task = tokio::spawn(async move {
+        let _ = server.run(std::future::pending()).await;
+    });
+    let dns = listen;
+    // --stub-domain
+    let out = dig_async(dns, &["host.corp.example", "A"]).await;
+    assert_eq!(answers(&out), ["host.corp.example. a 192.0.2.1"], "{out}");
+    let out = dig_async(dns, &["elsewhere.example", "A"]).await;
+    assert_eq!(answers(&out), ["elsewhere.example. a 192.0.2.3"], "{out}");
+    // --hosts-file, falling through for what it lacks
+    let out = dig_async(dns, &["files.example", "A"]).await;
+    assert_eq!(answers(&out), ["files.example. a 192.0.2.20"], "{out}");
+    // --rewrite
+    let out = dig_async(dns, &["web.alias.example", "A"]).await;
+    assert_eq!(answers(&out), ["web.alias.example. a 10.96.0.20"], "{out}");
+    // --autopath
+    let out = dig_async(
+        dns,
+        &["-b", DEFAULT_POD, "web.shop.default.svc.cluster.local", "A"],
+    )
+    .await;
+    assert_eq!(
+        answers(&out),
+        [
+            "web.shop.default.svc.cluster.local. cname web.shop.svc.cluster.local.",
+            "web.shop.svc.cluster.local. a 10.96.0.20"
+        ],
+        "{out}"
+    );
+    assert!(corp.asked().iter().all(|q| q.contains("corp.example")));
 }

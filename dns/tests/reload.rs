@@ -259,3 +259,40 @@ async fn reload_applies_valid_edits_and_keeps_the_running_configuration_otherwis
     );
     process.assert_running();
 }
+
+#[test]
+fn feature_flags_are_checked_at_start() {
+    for (args, want) in [
+        (vec!["--autopath"], "--autopath needs --pods verified"),
+        (
+            vec![
+                "--rewrite",
+                "name exact a.example b.example answer name x y",
+            ],
+            "--rewrite",
+        ),
+        (vec!["--stub-domain", "corp.example"], "ZONE=ADDR"),
+        (
+            vec!["--stub-domain", "corp.example=not-an-ip"],
+            "not an address",
+        ),
+        (
+            vec!["--corefile", "/nonexistent", "--autopath"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = std::process::Command::new(binary())
+            .args(&args)
+            .args([
+                "--kubeconfig",
+                "/nonexistent",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should not start");
+        assert!(stderr.contains(want), "{args:?}: {want:?} in {stderr}");
+    }
+}
