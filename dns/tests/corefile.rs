@@ -155,36 +155,16 @@ async fn start() -> Setup {
         "# a hosts file\n192.0.2.20 files.example files\n2001:db8::20 files.example\n",
     )
     .expect("hosts file");
-    let port = common::free_dns_port().port();
-    let vars: HashMap<&str, String> = HashMap::from([
-        ("PORT", port.to_string()),
-        ("STUB_CORP", corp.addr.to_string()),
-        ("STUB_LAB", lab.addr.to_string()),
-        ("STUB_DEFAULT", default.addr.to_string()),
-        ("HOSTS", hosts.display().to_string()),
-    ]);
-    let file = corefile::parse_with_env(COREFILE, &|k| vars.get(k).cloned()).expect("Corefile");
-    let metrics = test_metrics();
-    let plan = Plan::from_corefile(
-        &file,
-        &Environment {
-            nameserver: ObjectKey::new("kube-system", "kube-dns"),
-            metrics: &metrics,
-            read,
-        },
+    let (dns, task) = serve(
+        COREFILE,
+        &[
+            ("STUB_CORP", corp.addr.to_string()),
+            ("STUB_LAB", lab.addr.to_string()),
+            ("STUB_DEFAULT", default.addr.to_string()),
+            ("HOSTS", hosts.display().to_string()),
+        ],
     )
-    .expect("plan");
-    let listen = plan.listen.clone();
-    let handler = Handler::with_plan(
-        Arc::new(ArcSwap::from_pointee(index())),
-        Arc::new(ArcSwap::from_pointee(plan)),
-        metrics,
-    );
-    let server = DnsServer::bind(&listen, handler).await.expect("bind");
-    let dns = server.local_addrs()[0];
-    let task = tokio::spawn(async move {
-        let _ = server.run(std::future::pending()).await;
-    });
+    .await;
     Setup {
         dns,
         corp,

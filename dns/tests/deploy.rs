@@ -121,30 +121,7 @@ async fn manifests_apply_and_their_arguments_and_rbac_run_the_server() {
 }
 
 /// kubeadm's Corefile, as `kubeadm init` writes it into the `coredns` ConfigMap.
-const KUBEADM_COREFILE: &str = ".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-";
+const KUBEADM_COREFILE: &str = include_str!("../testdata/kubeadm.Corefile");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_corefile_patch_mounts_the_coredns_configmap() {

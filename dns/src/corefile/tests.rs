@@ -56,31 +56,8 @@ fn server(line: usize, zones: &[&str], port: u16, plugins: Plugins) -> ServerBlo
     }
 }
 
-const KUBEADM: &str = "\
-.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-";
+/// kubeadm's Corefile as `kubeadm init` writes it.
+const KUBEADM: &str = include_str!("../../testdata/kubeadm.Corefile");
 
 /// kubeadm's plugins, with `cache` as given.
 fn kubeadm_plugins(cache: Cache) -> Plugins {
