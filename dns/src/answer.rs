@@ -7,7 +7,7 @@ use svcplane_model::ObjectKey;
 use svcplane_model::dns::service_fqdn;
 
 use crate::index::{Index, ready_endpoints};
-use crate::name::{QueryName, parse};
+use crate::name::{QueryName, in_zone, parse};
 use crate::zone::{ServiceKind, ZonePort, ZoneService};
 
 /// TTL of `dns-version.<zone>`, fixed by the specification.
@@ -226,14 +226,10 @@ fn authoritative(answers: Vec<Record>, additionals: Vec<Record>) -> Answer {
 }
 
 /// `in-addr.arpa` or `ip6.arpa` when `name` (lower-case) is that zone or below it.
-fn reverse_zone(name: &str) -> Option<&'static str> {
-    let name = name.trim_end_matches('.');
-    ["in-addr.arpa", "ip6.arpa"].into_iter().find(|zone| {
-        name == *zone
-            || name
-                .strip_suffix(zone)
-                .is_some_and(|rest| rest.ends_with('.'))
-    })
+pub(crate) fn reverse_zone(name: &str) -> Option<&'static str> {
+    ["in-addr.arpa", "ip6.arpa"]
+        .into_iter()
+        .find(|zone| in_zone(name, zone))
 }
 
 fn forward() -> Answer {

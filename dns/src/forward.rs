@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::metrics::Metrics;
+use crate::name::in_zone;
 
 const SHARDS: usize = 16;
 /// With flags (no Corefile), positive answers are cached at most this long, negative ones at
@@ -192,15 +193,6 @@ fn for_each_record(reply: &mut Reply, mut f: impl FnMut(&mut Record)) {
         .chain(reply.authorities.iter_mut())
         .chain(reply.additionals.iter_mut())
         .for_each(&mut f);
-}
-
-/// Whether `name` (absolute, lower case) is `zone` or below it.
-pub(crate) fn in_zone(name: &str, zone: &str) -> bool {
-    zone == "."
-        || name == zone
-        || (name.len() > zone.len()
-            && name.ends_with(zone)
-            && name.as_bytes()[name.len() - zone.len() - 1] == b'.')
 }
 
 /// What the forwarding cache keeps and for how long: CoreDNS's `cache` plugin's settings.

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::corefile::Hosts;
-use crate::forward::in_zone;
+use svcplane_model::dns::reverse_name;
+
+use crate::name::{falls_through, in_zone};
 
 /// Addresses per name and names per address, from inline entries and the file together.
 #[derive(Debug, Default)]
@@ -42,7 +44,9 @@ impl Table {
             }
             if reverse {
                 push_new(
-                    self.reverse.entry(reverse_name(ip)).or_default(),
+                    self.reverse
+                        .entry(format!("{}.", reverse_name(ip)))
+                        .or_default(),
                     name.clone(),
                 );
             }
@@ -111,24 +115,6 @@ fn absolute_lower(name: &str) -> String {
     name
 }
 
-/// The reverse-zone name of an address, lower case and absolute.
-pub fn reverse_name(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
-        }
-        IpAddr::V6(v6) => {
-            let mut out = String::with_capacity(73);
-            for byte in v6.octets().iter().rev() {
-                out.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
-            }
-            out.push_str("ip6.arpa.");
-            out
-        }
-    }
-}
-
 /// One `hosts` plugin at run time: its settings and the current table, re-read from the file
 /// every `reload` when it changed.
 #[derive(Debug)]
@@ -166,10 +152,7 @@ impl HostsPlugin {
     }
 
     pub fn falls_through(&self, lower: &str) -> bool {
-        self.settings
-            .fallthrough
-            .as_ref()
-            .is_some_and(|zones| zones.is_empty() || zones.iter().any(|z| in_zone(lower, z)))
+        falls_through(&self.settings.fallthrough, lower)
     }
 
     pub fn lookup(&self, lower: &str, qtype: crate::QType) -> Found {
@@ -245,25 +228,19 @@ mod tests {
             t.lookup("10.2.0.192.in-addr.arpa.", QType::Ptr),
             Found::Names(vec!["db.corp.example.".into(), "db2.corp.example.".into()])
         );
+        assert_eq!(
+            t.lookup(
+                "1.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.",
+                QType::Ptr
+            ),
+            Found::Names(vec!["web.corp.example.".into()])
+        );
         let mut no_reverse = settings();
         no_reverse.no_reverse = true;
         let t = Table::build(&no_reverse, "");
         assert_eq!(
             t.lookup("10.2.0.192.in-addr.arpa.", QType::Ptr),
             Found::Missing
-        );
-    }
-
-    #[test]
-    fn reverse_names() {
-        assert_eq!(
-            reverse_name("192.0.2.1".parse().expect("ip")),
-            "1.2.0.192.in-addr.arpa."
-        );
-        assert!(reverse_name("2001:db8::1".parse().expect("ip")).starts_with("1.0.0.0."));
-        assert!(
-            reverse_name("2001:db8::1".parse().expect("ip"))
-                .ends_with(".8.b.d.0.1.0.0.2.ip6.arpa.")
         );
     }
 }

@@ -104,3 +104,24 @@ pub fn parse<'a>(name: &'a str, zone: &str) -> QueryName<'a> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `name` is `zone` or below it; both lower case, with or without the final dot (`.`
+/// or an empty zone is the root). Allocates nothing: it runs for every question.
+pub(crate) fn in_zone(name: &str, zone: &str) -> bool {
+    let zone = zone.trim_end_matches('.');
+    if zone.is_empty() {
+        return true;
+    }
+    let name = name.trim_end_matches('.');
+    name == zone
+        || name
+            .strip_suffix(zone)
+            .is_some_and(|rest| rest.ends_with('.'))
+}
+
+/// A plugin's `fallthrough`: `None` never; `Some(empty)` for every name; else below its zones.
+pub(crate) fn falls_through(fallthrough: &Option<Vec<String>>, name: &str) -> bool {
+    fallthrough
+        .as_ref()
+        .is_some_and(|zones| zones.is_empty() || zones.iter().any(|z| in_zone(name, z)))
+}

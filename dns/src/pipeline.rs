@@ -8,11 +8,13 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record as WireRecord, RecordType};
 
 use crate::answer::answer_lower;
+use crate::answer::reverse_zone;
 use crate::corefile::{NameMatch, Rewrite};
-use crate::forward::{ForwardError, in_zone};
+use crate::forward::ForwardError;
 use crate::hosts::Found;
+use crate::name::in_zone;
 use crate::plan::{Block, KubeSettings};
-use crate::server::{qtype, rcode, wire, wire_all};
+use crate::server::{qtype, rcode, wire, wire_all, wire_name};
 use crate::{Index, PodMode, QType, Rcode, answer};
 
 /// A reply before it is fitted to the client and encoded.
@@ -70,10 +72,6 @@ impl QName {
     }
 }
 
-fn wire_name(text: &str) -> Option<Name> {
-    crate::server::wire_name(text)
-}
-
 impl Block {
     /// Answers `name`/`qtype` asked by `src`.
     pub async fn resolve(
@@ -111,20 +109,11 @@ impl Block {
             Some(Step::Done(outcome)) => outcome,
             _ => {
                 let kube = self.kubernetes.as_ref().filter(|k| k.covers(&name.lower))?;
-                let result = answer_lower(
-                    index,
-                    &kube.config,
-                    &name.text,
-                    &name.lower,
-                    crate::server::qtype(qtype),
-                );
-                if result.forward
-                    || result.chase.is_some()
-                    || (result.rcode == Rcode::NxDomain && kube.falls_through(&name.lower))
-                {
-                    return None;
+                match kubernetes_local(index, kube, name, qtype) {
+                    Local::Done(outcome) => outcome,
+                    // Forwarding or falling through: for `resolve`.
+                    Local::Next | Local::Chase(..) => return None,
                 }
-                Outcome::Reply(local_reply(&result, wire_all(&result.answers)))
             }
         };
         self.balance(&mut outcome);
@@ -178,12 +167,12 @@ impl Block {
         let kube = self.kubernetes.as_ref()?;
         if kube.config.pods != PodMode::Verified
             || !zones.iter().any(|z| in_zone(lower, z))
-            || !kube.in_cluster_zone(lower)
+            || !in_zone(lower, &kube.config.zone)
         {
             return None;
         }
         let namespace = index.pod_namespace(src)?;
-        let zone = kube.zone_abs();
+        let zone = format!("{}.", kube.config.zone);
         let first = format!("{namespace}.svc.{zone}");
         let base = lower.strip_suffix(&first)?.strip_suffix('.')?;
         if base.is_empty() {
@@ -303,6 +292,7 @@ impl Block {
         Step::Done(Outcome::Reply(reply))
     }
 
+    /// The kubernetes plugin, with the upstream part of an ExternalName outside the zone.
     async fn kubernetes_step(
         &self,
         index: &Index,
@@ -310,41 +300,22 @@ impl Block {
         name: &QName,
         rtype: RecordType,
     ) -> Step {
-        let result = answer_lower(index, &kube.config, &name.text, &name.lower, qtype(rtype));
-        if result.forward {
-            // Not a name the plugin has: the next plugin's if the zone falls through, else
-            // NXDOMAIN with the zone's SOA, as the kubernetes plugin answers without it.
-            if kube.falls_through(&name.lower) {
-                return Step::Next;
-            }
-            let apex = if in_zone(&name.lower, "in-addr.arpa.") {
-                "in-addr.arpa."
-            } else if in_zone(&name.lower, "ip6.arpa.") {
-                "ip6.arpa."
-            } else {
-                return Step::Next;
-            };
-            let soa = answer(index, &kube.config, apex, QType::Soa);
-            let mut reply = Response::empty(ResponseCode::NXDomain, true);
-            reply.authorities = wire_all(&soa.answers);
-            return Step::Done(Outcome::Reply(reply));
-        }
-        if result.rcode == Rcode::NxDomain && kube.falls_through(&name.lower) {
-            return Step::Next;
-        }
+        let (result, target) = match kubernetes_local(index, kube, name, rtype) {
+            Local::Done(outcome) => return Step::Done(outcome),
+            Local::Next => return Step::Next,
+            Local::Chase(result, target) => (result, target),
+        };
+        // The CNAME's target is outside the zone: append what upstream says of it. Its rcode
+        // does not matter (CoreDNS answers NOERROR with the CNAME alone).
         let mut answers = wire_all(&result.answers);
-        if let Some(target) = &result.chase {
-            // The CNAME's target is outside the zone: append what upstream says of it. Its
-            // rcode does not matter (CoreDNS answers NOERROR with the CNAME alone).
-            let lower = format!("{}.", target.to_ascii_lowercase());
-            if let Some(f) = self.forward.iter().find(|f| f.covers(&lower))
-                && let Ok(target) = Name::from_ascii(format!("{target}."))
-            {
-                match f.forwarder.resolve(&target, rtype, DNSClass::IN).await {
-                    Ok(reply) => answers.extend(reply.answers),
-                    Err(error) => {
-                        tracing::debug!(%error, %target, "chasing an ExternalName failed")
-                    }
+        let lower = format!("{}.", target.to_ascii_lowercase());
+        if let Some(f) = self.forward.iter().find(|f| f.covers(&lower))
+            && let Ok(target) = Name::from_ascii(format!("{target}."))
+        {
+            match f.forwarder.resolve(&target, rtype, DNSClass::IN).await {
+                Ok(reply) => answers.extend(reply.answers),
+                Err(error) => {
+                    tracing::debug!(%error, %target, "chasing an ExternalName failed")
                 }
             }
         }
@@ -380,6 +351,41 @@ impl Block {
                 Step::Done(Outcome::Failure(ResponseCode::ServFail))
             }
         }
+    }
+}
+
+/// What the kubernetes plugin makes of a question from memory alone.
+enum Local {
+    Done(Outcome),
+    /// On to the next plugin (the name falls through).
+    Next,
+    /// An ExternalName whose target (the String) is outside the zone: the answer so far.
+    Chase(crate::Answer, String),
+}
+
+/// The kubernetes plugin without I/O: the index's answer, or NXDOMAIN with the zone's SOA for
+/// a name it lacks (as CoreDNS's plugin answers without `fallthrough`), or on to the next plugin.
+fn kubernetes_local(index: &Index, kube: &KubeSettings, name: &QName, rtype: RecordType) -> Local {
+    let mut result = answer_lower(index, &kube.config, &name.text, &name.lower, qtype(rtype));
+    if result.forward {
+        let Some(apex) = reverse_zone(&name.lower).filter(|_| !kube.falls_through(&name.lower))
+        else {
+            return Local::Next;
+        };
+        let soa = answer(index, &kube.config, apex, QType::Soa);
+        let mut reply = Response::empty(ResponseCode::NXDomain, true);
+        reply.authorities = wire_all(&soa.answers);
+        return Local::Done(Outcome::Reply(reply));
+    }
+    if result.rcode == Rcode::NxDomain && kube.falls_through(&name.lower) {
+        return Local::Next;
+    }
+    match result.chase.take() {
+        Some(target) => Local::Chase(result, target),
+        None => Local::Done(Outcome::Reply(local_reply(
+            &result,
+            wire_all(&result.answers),
+        ))),
     }
 }
 

@@ -14,10 +14,12 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 use svcplane_model::ObjectKey;
 
+use crate::answer::reverse_zone;
 use crate::corefile::{self, Corefile, NameMatch, Reload, Rewrite};
-use crate::forward::{CacheSettings, Forwarder, in_zone};
+use crate::forward::{CacheSettings, Forwarder};
 use crate::hosts::HostsPlugin;
 use crate::metrics::Metrics;
+use crate::name::{falls_through, in_zone};
 use crate::{Config, PodMode};
 
 /// How long one upstream gets to answer before the next is tried.
@@ -37,33 +39,26 @@ pub struct KubeSettings {
 }
 
 impl KubeSettings {
+    /// The plugin as kubeadm's Corefile sets it up (with the reverse zones, falling through
+    /// there), for `config`'s zone: what the flags run.
+    fn kubeadm(config: Arc<Config>) -> Self {
+        KubeSettings {
+            config,
+            reverse: true,
+            fallthrough: Some(vec!["in-addr.arpa.".into(), "ip6.arpa.".into()]),
+            endpoint_pod_names: false,
+            noendpoints: false,
+            kubeconfig: None,
+        }
+    }
+
     /// Whether `lower` (absolute, lower case) is a name the plugin answers for.
     pub fn covers(&self, lower: &str) -> bool {
-        self.in_cluster_zone(lower)
-            || (self.reverse && (in_zone(lower, "in-addr.arpa.") || in_zone(lower, "ip6.arpa.")))
-    }
-
-    /// Whether `lower` (absolute, lower case) is the cluster zone or below it; no allocation,
-    /// as it runs for every question.
-    pub fn in_cluster_zone(&self, lower: &str) -> bool {
-        let zone = self.config.zone.as_str();
-        let Some(name) = lower.strip_suffix('.') else {
-            return false;
-        };
-        name == zone
-            || (name.len() > zone.len()
-                && name.ends_with(zone)
-                && name.as_bytes()[name.len() - zone.len() - 1] == b'.')
-    }
-
-    pub fn zone_abs(&self) -> String {
-        format!("{}.", self.config.zone)
+        in_zone(lower, &self.config.zone) || (self.reverse && reverse_zone(lower).is_some())
     }
 
     pub fn falls_through(&self, lower: &str) -> bool {
-        self.fallthrough
-            .as_ref()
-            .is_some_and(|zones| zones.is_empty() || zones.iter().any(|z| in_zone(lower, z)))
+        falls_through(&self.fallthrough, lower)
     }
 }
 
@@ -229,14 +224,7 @@ impl Plan {
             )
         };
         let forwarder = forwarder_to(flags.upstreams.clone());
-        let kube = Arc::new(KubeSettings {
-            config: Arc::new(flags.config),
-            reverse: true,
-            fallthrough: Some(vec!["in-addr.arpa.".into(), "ip6.arpa.".into()]),
-            endpoint_pod_names: false,
-            noendpoints: false,
-            kubeconfig: None,
-        });
+        let kube = Arc::new(KubeSettings::kubeadm(Arc::new(flags.config)));
         let mut block = Block::single(Some(kube.clone()), Some(forwarder.clone()));
         block.loadbalance = flags.loadbalance;
         let plugins = flags.plugins;
@@ -281,14 +269,7 @@ impl Plan {
 
     /// A plan for tests and tools: the cluster zone from `config` and, if given, forwarding.
     pub fn simple(config: Arc<Config>, forwarder: Option<Arc<Forwarder>>) -> Plan {
-        let kube = Arc::new(KubeSettings {
-            config,
-            reverse: true,
-            fallthrough: Some(vec!["in-addr.arpa.".into(), "ip6.arpa.".into()]),
-            endpoint_pod_names: false,
-            noendpoints: false,
-            kubeconfig: None,
-        });
+        let kube = Arc::new(KubeSettings::kubeadm(config));
         Plan {
             blocks: vec![Arc::new(Block::single(Some(kube.clone()), forwarder))],
             listen: vec![],

@@ -262,7 +262,11 @@ impl RequestHandler for Handler {
 
 impl Handler {
     /// Why a request gets no lookup at all, as the rcode to answer with.
-    fn validate<'r>(&self, request: &'r Request) -> Result<RequestInfo<'r>, ResponseCode> {
+    fn validate<'r>(
+        &self,
+        request: &'r Request,
+        plan: &Plan,
+    ) -> Result<RequestInfo<'r>, ResponseCode> {
         if request
             .edns
             .as_ref()
@@ -282,7 +286,7 @@ impl Handler {
             return Err(ResponseCode::Refused);
         }
         let name = info.query.original().name();
-        if self.plan.load().forwarders().any(|f| f.is_own_probe(name)) {
+        if plan.forwarders().any(|f| f.is_own_probe(name)) {
             // Our loop probe came back: answering it, not forwarding it, ends the loop.
             return Err(ResponseCode::Refused);
         }
@@ -314,7 +318,9 @@ impl Handler {
             edns.set_dnssec_ok(req.flags().dnssec_ok);
             edns
         });
-        let info = match self.validate(request) {
+        // One plan for the whole question, even if a reload publishes another meanwhile.
+        let plan = self.plan.load();
+        let info = match self.validate(request, &plan) {
             Ok(info) => info,
             Err(code) => {
                 let qtype = request
@@ -329,7 +335,7 @@ impl Handler {
         };
         let t = qtype(info.query.query_type());
         (
-            self.answer_query(request, &info, response_edns.as_ref(), handle)
+            self.answer_query(request, &plan, &info, response_edns.as_ref(), handle)
                 .await,
             Some(t),
         )
@@ -338,13 +344,13 @@ impl Handler {
     async fn answer_query<R: ResponseHandler>(
         &self,
         request: &Request,
+        plan: &Plan,
         info: &RequestInfo<'_>,
         response_edns: Option<&Edns>,
         handle: R,
     ) -> ResponseInfo {
         let original = info.query.original();
         let name = QName::new(presentation(original.name()));
-        let plan = self.plan.load();
         let Some(block) = plan.block(self.port, &name.lower) else {
             return send_error(request, ResponseCode::Refused, response_edns, handle).await;
         };

@@ -85,12 +85,7 @@ async fn eventually_within(within: Duration, addr: SocketAddr, args: &[&str], wa
 }
 
 fn status(addr: SocketAddr, args: &[&str]) -> String {
-    let out = dig(addr, args);
-    out.split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned()
+    common::dig_status(&dig(addr, args)).to_owned()
 }
 
 fn service(name: &str, spec: ServiceSpec) -> Service {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{NameStub, dig_async, test_metrics};
+use common::{NameStub, dig_async, dig_status as status, test_metrics};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -194,13 +194,6 @@ fn answers(out: &str) -> Vec<String> {
         }
     }
     lines
-}
-
-fn status(out: &str) -> &str {
-    out.split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("none")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,8 +494,7 @@ async fn the_loadbalance_flag_shuffles_without_a_corefile() {
         nameserver: ObjectKey::new("kube-system", "kube-dns"),
     };
     let metrics = test_metrics();
-    let listen: SocketAddr = common::free_dns_port();
-    let flags = |loadbalance| FlagSettings {
+    let flags = |loadbalance, listen| FlagSettings {
         config: config.clone(),
         listen: vec![listen],
         upstreams: vec![],
@@ -513,7 +505,9 @@ async fn the_loadbalance_flag_shuffles_without_a_corefile() {
         plugins: Default::default(),
     };
     for (loadbalance, orders_wanted) in [(false, 1), (true, 2)] {
-        let plan = Plan::from_flags(flags(loadbalance), &metrics);
+        // A port of its own each time: the last server's sockets close in the background.
+        let listen: SocketAddr = common::free_dns_port();
+        let plan = Plan::from_flags(flags(loadbalance, listen), &metrics);
         let handler = Handler::with_plan(
             Arc::new(ArcSwap::from_pointee(index())),
             Arc::new(ArcSwap::from_pointee(plan)),

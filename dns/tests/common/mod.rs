@@ -18,6 +18,14 @@ pub fn dig(addr: SocketAddr, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The rcode `dig` printed (`status: NOERROR`), or `none` without a reply.
+pub fn dig_status(out: &str) -> &str {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("none")
+}
+
 /// [`dig`] off the async runtime's worker threads.
 pub async fn dig_async(addr: SocketAddr, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
